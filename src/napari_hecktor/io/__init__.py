@@ -1,0 +1,1 @@
+"""Reading and writing volumes, datasets and DICOM series; geometry and SUV."""
