@@ -1,0 +1,37 @@
+"""The ``hecktor`` command line: help, info, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import digest
+
+HECKTOR = [sys.executable, "-m", "napari_hecktor.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*HECKTOR, *args], capture_output=True, text=True, check=False)
+
+
+def test_help_lists_the_verbs():
+    out = run("--help")
+    assert out.returncode == 0
+    for verb in ("view", "phantom", "info"):
+        assert verb in out.stdout
+
+
+def test_info_lists_cases(small_case):
+    out = run("info", str(small_case["ct"].parent), "--load")
+    assert out.returncode == 0, out.stderr
+    assert "CASE-001" in out.stdout and "40x48x20 voxels" in out.stdout
+
+
+def test_bad_input_exits_with_one_line_and_no_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    before = digest(tmp_path)
+    out = run("info", str(tmp_path / "empty"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"hecktor: error: the folder {tmp_path / 'empty'} is empty"]
+    assert "Traceback" not in out.stderr
+    assert digest(tmp_path) == before
