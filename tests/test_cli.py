@@ -32,6 +32,7 @@ def test_bad_input_exits_with_one_line_and_no_traceback(tmp_path):
     before = digest(tmp_path)
     out = run("info", str(tmp_path / "empty"))
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"hecktor: error: the folder {tmp_path / 'empty'} is empty"]
+    expected = f"hecktor: error: the folder {tmp_path / 'empty'} is empty"
+    assert out.stderr.strip().splitlines() == [expected]
     assert "Traceback" not in out.stderr
     assert digest(tmp_path) == before
