@@ -57,7 +57,7 @@ def test_pet_hot_spot_lands_on_its_mm_position(make_napari_viewer, tmp_path, dir
 
 
 def test_sample_case_opens_as_fused_overlay(make_napari_viewer):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black
     layers = viewer.open_sample("napari-hecktor", "synthetic_case")
     roles = [layer.metadata["hecktor"]["role"] for layer in layers]
     assert roles == ["ct", "pet", "label"]
@@ -71,6 +71,8 @@ def test_sample_case_opens_as_fused_overlay(make_napari_viewer):
     for layer in layers:
         np.testing.assert_allclose(layer.scale, ct.scale)
         np.testing.assert_allclose(layer.translate, ct.translate)
+    tumour_z = np.argwhere(labels.data == 1)[:, 0].mean()
+    viewer.dims.set_point(0, labels.data_to_world((tumour_z, 0, 0))[0])
     shot = viewer.screenshot(canvas_only=True)
     red = (shot[..., 0].astype(int) - shot[..., 2].astype(int)) > 80
     assert red.any(), "PET (hot) or GTVp (red) should be visible in the rendered canvas"

@@ -6,7 +6,7 @@ from .display import case_layers
 from .io.case import Case
 
 #: The seed of the sample case: chosen to show a GTVp, nodes and physiological uptake.
-SAMPLE_SEED = 7
+SAMPLE_SEED = 4
 
 
 def sample_case() -> list[tuple]:

@@ -30,6 +30,8 @@ PET_COLORMAPS = {"hot": "hot", "inverted grey": "gray_r"}
 DEFAULT_PET_COLORMAP = "hot"
 DEFAULT_SUV_RANGE = (0.0, 10.0)
 DEFAULT_PET_OPACITY = 0.5
+#: Outline width (screen pixels) of ground-truth contours; 0 fills the mask.
+DEFAULT_CONTOUR = 2
 
 LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
 #: Fixed label colours (RGBA): GTVp red, GTVn blue; background transparent.
@@ -99,9 +101,16 @@ def pet_layer(case: Case) -> tuple | None:
 
 
 def labels_layer(
-    case: Case, data: np.ndarray | None = None, *, name: str | None = None, role: str = "label"
+    case: Case,
+    data: np.ndarray | None = None,
+    *,
+    name: str | None = None,
+    role: str = "label",
 ) -> tuple:
-    """A GTVp/GTVn Labels layer on the CT grid (uint8, direct colour map, outlined)."""
+    """A GTVp/GTVn Labels layer on the CT grid (uint8, direct colour map, half-transparent).
+
+    napari takes no ``contour`` at construction; the display widget outlines ground truth.
+    """
     if data is None:
         data = case.label_array()
     if data is None:
@@ -109,7 +118,7 @@ def labels_layer(
     kwargs = {
         "name": name or f"{case.case_id} GTV",
         "colormap": label_colormap(),
-        "opacity": 0.8,
+        "opacity": 0.6,
         "metadata": hecktor_metadata(case, role, label_names=LABEL_NAMES),
         **case.geometry.napari_transform(),
     }

@@ -8,6 +8,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSp
 
 from ..display import (
     CT_WINDOWS,
+    DEFAULT_CONTOUR,
     DEFAULT_CT_WINDOW,
     DEFAULT_PET_COLORMAP,
     DEFAULT_PET_OPACITY,
@@ -34,15 +35,19 @@ class DisplayWidget(Container):
         )
         self.fusion = FloatSlider(label="PET fusion", value=DEFAULT_PET_OPACITY, min=0.0, max=1.0)
         self.show_truth = CheckBox(label="Show ground truth", value=True)
+        self.outline_truth = CheckBox(label="Ground truth as outline", value=True)
         super().__init__(
-            widgets=[self.window, self.pet_colormap, self.suv_max, self.fusion, self.show_truth]
+            widgets=[self.window, self.pet_colormap, self.suv_max, self.fusion, self.show_truth,
+                     self.outline_truth]
         )
         self.window.changed.connect(self.apply)
         self.pet_colormap.changed.connect(self.apply)
         self.suv_max.changed.connect(self.apply)
         self.fusion.changed.connect(self.apply)
         self.show_truth.changed.connect(self.apply)
+        self.outline_truth.changed.connect(self.apply)
         viewer.layers.events.inserted.connect(self.apply)
+        self.apply()
 
     def _layers(self, role: str) -> list:
         return [
@@ -61,3 +66,5 @@ class DisplayWidget(Container):
             layer.opacity = self.fusion.value
         for layer in self._layers("label"):
             layer.visible = self.show_truth.value
+            layer.contour = DEFAULT_CONTOUR if self.outline_truth.value else 0
+            layer.opacity = 1.0 if self.outline_truth.value else 0.6

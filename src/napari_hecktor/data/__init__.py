@@ -1,0 +1,1 @@
+"""Synthetic multi-centre FDG-PET/CT cohorts and the clinical table schema."""

@@ -1,0 +1,1 @@
+"""Segmentation: preprocessing, inference, post-processing and CRF refinement."""
