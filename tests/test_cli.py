@@ -36,3 +36,16 @@ def test_bad_input_exits_with_one_line_and_no_traceback(tmp_path):
     assert out.stderr.strip().splitlines() == [expected]
     assert "Traceback" not in out.stderr
     assert digest(tmp_path) == before
+
+
+def test_phantom_writes_a_cohort_and_refuses_to_overwrite_it(tmp_path):
+    out = run("phantom", str(tmp_path / "cohort"), "--cases", "2", "--empty", "1",
+              "--centers", "2", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    listing = run("info", str(tmp_path / "cohort"))
+    assert listing.stdout.startswith("3 case(s)") and "hecktor2022" in listing.stdout
+    before = digest(tmp_path / "cohort")
+    again = run("phantom", str(tmp_path / "cohort"), "--cases", "2")
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert digest(tmp_path / "cohort") == before

@@ -62,6 +62,94 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_progress(label: str) -> Callable:
+    bar = _text_progress(label)
+    return lambda p: bar(p.done, p.total)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment one case (--ct/--pet) or every case of a HECKTOR-layout folder."""
+    from .io.case import load_case, load_case_files
+    from .io.dataset import discover
+    from .pipeline import (
+        check_output_paths,
+        load_models,
+        refine_case_iter,
+        save_segmentation,
+        segment_case_iter,
+    )
+    from .progress import run_to_end
+    from .segment.inference import resolve_device
+
+    if args.dataset is None and (args.ct is None or args.pet is None):
+        raise HecktorInputError("give --ct and --pet, or a dataset folder")
+    device = str(resolve_device(args.device))
+    models = load_models(args.model, device=device)
+    settings = {"device": device, "tta": args.tta}
+    if args.thresholds:
+        settings["thresholds"] = args.thresholds
+    if args.dataset is not None:
+        cases = discover(args.dataset)
+        jobs = [(files, Path(args.out) / f"{files.case_id}.nii.gz") for files in cases]
+    else:
+        jobs = [(None, Path(args.out))]
+    print(f"models: {', '.join(card.label for _, card in models)}; device: {device}")
+    for files, out in jobs:
+        case = load_case_files(files) if files else load_case(args.ct, args.pet)
+        check_output_paths([out, args.prob, args.uncertainty], case)
+        seg = run_to_end(segment_case_iter(case, models, **settings),
+                         _print_progress(case.case_id))
+        labels = seg.labels
+        if args.crf:
+            crf = run_to_end(refine_case_iter(case, seg.probabilities, seg.labels),
+                             _print_progress("CRF"))
+            labels = crf.labels
+        save_segmentation(seg, case, out, probabilities=args.prob,
+                          uncertainty=args.uncertainty, labels=labels)
+        flagged = sum(c.likely_false_positive for c in seg.components)
+        print(f"{case.case_id}: {len(seg.components)} lesion(s), {flagged} flagged as likely "
+              f"false positive; {seg.seconds:.1f} s -> {out}")
+    return 0
+
+
+def cmd_crf(args: argparse.Namespace) -> int:
+    """Refine probability maps with the 3D dense CRF."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .io.case import load_case
+    from .io.geometry import Geometry
+    from .io.volumes import read_image, write_image
+    from .pipeline import check_output_paths, refine_case_iter
+    from .progress import run_to_end
+
+    case = load_case(args.ct, args.pet)
+    check_output_paths([args.out], case)
+    prob_image = read_image(args.prob, what="probability map")
+    if not Geometry.of(prob_image).matches(case.geometry):
+        raise HecktorInputError(f"probability map {args.prob} is not on the CT grid")
+    prob = sitk.GetArrayFromImage(prob_image)
+    if prob.ndim != 4 or prob.shape[-1] != 2:
+        raise HecktorInputError(
+            f"probability map {args.prob} must have 2 components (GTVp, GTVn) per voxel"
+        )
+    prob = np.moveaxis(prob, -1, 0).astype(np.float32)
+    result = run_to_end(refine_case_iter(case, prob), _print_progress("CRF"))
+    write_image(case.geometry.image_from_array(result.labels), args.out,
+                protected=case.sources.values())
+    print(f"CRF: added {result.added}, removed {result.removed} voxels per label -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score predicted masks against ground truth the HECKTOR way."""
+    from .segment.evaluate import evaluate_command, format_aggregate
+
+    aggregate = evaluate_command(args.pred_dir, args.gt_dir, args.output)
+    print(format_aggregate(aggregate))
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Open napari with a case (or the synthetic sample case)."""
     import napari
@@ -95,6 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", type=Path, help="case file/folder, dataset or DICOM folder")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the window and exit")
     p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("segment", help="segment GTVp/GTVn of a case or a dataset")
+    p.add_argument("dataset", nargs="?", type=Path, help="HECKTOR-layout folder (else --ct/--pet)")
+    p.add_argument("--ct", type=Path, help="CT file (HU)")
+    p.add_argument("--pet", type=Path, help="PET file (SUV)")
+    p.add_argument("-o", "--out", required=True, type=Path,
+                   help="output mask (.nii.gz), or a folder with a dataset")
+    p.add_argument("--model", nargs="+", help="bundled model name(s) or model folder(s)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu or cuda")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--crf", action="store_true", help="refine with the 3D dense CRF")
+    p.add_argument("--thresholds", nargs=2, type=float, metavar=("GTVP", "GTVN"))
+    p.add_argument("--prob", type=Path, help="also write probabilities (2 components)")
+    p.add_argument("--uncertainty", type=Path, help="also write the uncertainty map")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("crf", help="refine probability maps with the 3D dense CRF")
+    p.add_argument("--ct", type=Path, required=True)
+    p.add_argument("--pet", type=Path, required=True)
+    p.add_argument("--prob", type=Path, required=True, help="probabilities from segment --prob")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output mask (.nii.gz)")
+    p.set_defaults(func=cmd_crf)
+
+    p = sub.add_parser("evaluate", help="HECKTOR metrics of predicted masks vs ground truth")
+    p.add_argument("pred_dir", type=Path, help="folder of <ID>.nii.gz predictions")
+    p.add_argument("gt_dir", type=Path, help="ground truth (HECKTOR 2022 or 2025 layout)")
+    p.add_argument("-o", "--output", type=Path, help="write per-case metrics CSV")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("phantom", help="write a synthetic HECKTOR-layout cohort")
     p.add_argument("out", type=Path, help="output folder (new or empty)")
