@@ -110,3 +110,23 @@ def test_display_widget_applies_presets(make_napari_viewer, small_case):
     assert pet.opacity == pytest.approx(0.3)
     widget.show_truth.value = False
     assert not gt.visible
+
+
+def test_dicom_folder_opens_with_suv_and_factor_in_metadata(make_napari_viewer, tmp_path):
+    from dicom_factory import write_series
+
+    ct = np.full((6, 16, 16), 40, np.int16)
+    activity = np.full((6, 6, 6), 5000.0, np.float32)  # Bq/mL
+    activity[3, 3, 3] = 50000.0
+    write_series(tmp_path / "study" / "CT", ct, modality="CT", spacing_xyz=(1.0, 1.0, 3.0),
+                 origin_xyz=(-8.0, -8.0, -9.0))
+    write_series(tmp_path / "study" / "PET", activity, modality="PT",
+                 spacing_xyz=(3.0, 3.0, 3.0), origin_xyz=(-9.0, -9.0, -9.0))
+    viewer = make_napari_viewer()
+    ct_layer, pet_layer = viewer.open(str(tmp_path / "study"), plugin="napari-hecktor")
+    suv = pet_layer.metadata["hecktor"]["suv"]
+    # SUVbw = activity * weight[g] / (dose * 2^(-decay / half-life)), decay 10:00 -> 11:00
+    expected = 75_000.0 / (3.7e8 * 2.0 ** (-3600.0 / 6586.2))
+    assert suv["factor"] == pytest.approx(expected, rel=1e-6)
+    assert float(pet_layer.data.max()) == pytest.approx(50000.0 * expected, rel=0.05)
+    assert ct_layer.metadata["hecktor"]["layout"] == "dicom"
