@@ -176,3 +176,9 @@ def roi_to_ct(array: np.ndarray, roi: Geometry, ct: Geometry) -> np.ndarray:
         image = roi.image_from_array(channel.astype(np.float32))
         out[c] = sitk.GetArrayFromImage(resample_to(image, ct, interpolator="linear"))
     return out
+
+
+def label_to_roi(label: sitk.Image, roi: Geometry) -> np.ndarray:
+    """A GTVp/GTVn mask resampled (nearest neighbour) onto the ROI grid, as uint8 (z, y, x)."""
+    resampled = resample_to(sitk.Cast(label, sitk.sitkUInt8), roi, interpolator="nearest")
+    return sitk.GetArrayFromImage(resampled)
