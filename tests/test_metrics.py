@@ -436,7 +436,7 @@ def test_evaluate_folders_layouts(tmp_path: Path, layout: str) -> None:
     # TP 1 + 1, FP 0 + 1, FN 0 + 1
     assert agg["F1agg_GTVn"] == pytest.approx(4 / (4 + 1 + 1))
     text = format_aggregate(agg)
-    assert "DSCagg GTVp" in text and "CASE-C" in text and "EXTRA-9" in text
+    assert "DSCagg_GTVp" in text and "CASE-C" in text and "EXTRA-9" in text
 
 
 def test_evaluate_command_csv_and_refusals(tmp_path: Path) -> None:

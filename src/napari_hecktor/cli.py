@@ -125,15 +125,10 @@ def cmd_crf(args: argparse.Namespace) -> int:
 
     case = load_case(args.ct, args.pet)
     check_output_paths([args.out], case)
-    prob_image = read_image(args.prob, what="probability map")
+    prob_image = read_image(args.prob, what="probability map", components=2)
     if not Geometry.of(prob_image).matches(case.geometry):
         raise HecktorInputError(f"probability map {args.prob} is not on the CT grid")
-    prob = sitk.GetArrayFromImage(prob_image)
-    if prob.ndim != 4 or prob.shape[-1] != 2:
-        raise HecktorInputError(
-            f"probability map {args.prob} must have 2 components (GTVp, GTVn) per voxel"
-        )
-    prob = np.moveaxis(prob, -1, 0).astype(np.float32)
+    prob = np.moveaxis(sitk.GetArrayFromImage(prob_image), -1, 0).astype(np.float32)
     result = run_to_end(refine_case_iter(case, prob), _print_progress("CRF"))
     write_image(case.geometry.image_from_array(result.labels), args.out,
                 protected=case.sources.values())

@@ -33,10 +33,11 @@ def strip_suffix(path: str | Path) -> str:
     return name[: -len(suffix)] if suffix else Path(name).stem
 
 
-def read_image(path: str | Path, *, what: str = "image") -> sitk.Image:
+def read_image(path: str | Path, *, what: str = "image", components: int = 1) -> sitk.Image:
     """Read a 3D volume file or a DICOM series folder; raise :class:`HecktorInputError` if unusable.
 
-    ``what`` names the role ("CT", "PET", "label") in messages.
+    ``what`` names the role ("CT", "PET", "label") in messages; ``components`` is the number
+    of values per voxel expected (2 for a GTVp/GTVn probability map).
     """
     path = Path(path)
     if not path.exists():
@@ -56,7 +57,7 @@ def read_image(path: str | Path, *, what: str = "image") -> sitk.Image:
                 f"({reason[:120]})"
             ) from None
         check_nifti_file(path, image, what=what)
-    check_volume(image, what=what, source=path.name)
+    check_volume(image, what=what, source=path.name, components=components)
     return image
 
 
@@ -121,13 +122,16 @@ def _nifti_layout(header: bytes) -> tuple[int, np.dtype | None] | None:
     return None
 
 
-def check_volume(image: sitk.Image, *, what: str, source: str) -> None:
-    """Reject images that are not single-channel 3D volumes with finite values."""
+def check_volume(image: sitk.Image, *, what: str, source: str, components: int = 1) -> None:
+    """Reject images that are not 3D volumes of ``components`` finite values per voxel."""
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         size = "x".join(map(str, image.GetSize()))
         raise HecktorInputError(f"{what} {source} is not a 3D volume (size {size})")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise HecktorInputError(f"{what} {source} has several channels per voxel; expected one")
+    if image.GetNumberOfComponentsPerPixel() != components:
+        raise HecktorInputError(
+            f"{what} {source} has {image.GetNumberOfComponentsPerPixel()} value(s) per voxel; "
+            f"expected {components}"
+        )
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())

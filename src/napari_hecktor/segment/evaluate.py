@@ -213,9 +213,9 @@ def format_aggregate(agg: dict[str, Any]) -> str:
     """Human-readable summary of :func:`evaluate_folders`' aggregate dict (several lines)."""
     lines = [
         f"cases evaluated: {agg['n_cases']}",
-        f"DSCagg GTVp: {_fmt(agg['DSCagg_GTVp'])}",
-        f"DSCagg GTVn: {_fmt(agg['DSCagg_GTVn'])}",
-        f"F1agg  GTVn: {_fmt(agg['F1agg_GTVn'])}  (lesion IoU > 0.3, one-to-one)",
+        f"DSCagg_GTVp: {_fmt(agg['DSCagg_GTVp'])}",
+        f"DSCagg_GTVn: {_fmt(agg['DSCagg_GTVn'])}",
+        f"F1agg_GTVn:  {_fmt(agg['F1agg_GTVn'])}  (lesion IoU > 0.3, one-to-one)",
     ]
     missing = agg.get("missing_predictions") or []
     if missing:

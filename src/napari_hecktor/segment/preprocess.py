@@ -19,6 +19,7 @@ bookkeeping through MetaTensor affines; SimpleITK states it directly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,8 @@ def make_recipe(name: str, **overrides: Any) -> dict[str, Any]:
             f"recipe {name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
             f"it has {', '.join(sorted(RECIPES[name]))}"
         )
-    return {"name": name, **RECIPES[name], **overrides}
+    # JSON round trip: the canonical form is what a model card stores (lists, not tuples)
+    return json.loads(json.dumps({"name": name, **RECIPES[name], **overrides}))
 
 
 def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
