@@ -57,8 +57,13 @@ def label_colormap() -> Any:
 
 
 def hecktor_metadata(case: Case, role: str, **extra: Any) -> dict[str, Any]:
-    """Layer metadata: the case, its CT geometry (for writing masks back) and sources."""
+    """Layer metadata: the case, its CT geometry (for writing masks back) and sources.
+
+    ``case`` keeps the loaded :class:`Case` (native PET grid, SUV factors) so that the
+    widgets feed the core exactly what the CLI would.
+    """
     meta = {
+        "case": case,
         "role": role,
         "case_id": case.case_id,
         "geometry": case.geometry.as_dict(),

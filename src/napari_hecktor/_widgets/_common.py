@@ -1,0 +1,160 @@
+"""What the dock widgets share: finding a case's layers, adding results, running jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..errors import HecktorInputError
+from ..io.case import Case
+from ..io.geometry import Geometry
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+
+def preload(*modules: str) -> None:
+    """Import heavy modules now, on the GUI thread, when a widget opens.
+
+    Imported later inside a worker thread they hold the import lock (and, during C
+    extension start-up, the GIL) for up to seconds, which freezes the viewer mid-job.
+    """
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def role_of(layer: Any) -> str | None:
+    return layer.metadata.get("hecktor", {}).get("role")
+
+
+def layers_with_role(viewer: napari.viewer.Viewer, role: str) -> list:
+    """The viewer's HECKTOR layers of one role (ct, pet, label, prediction, ...)."""
+    return [layer for layer in viewer.layers if role_of(layer) == role]
+
+
+def layer_with_role(viewer: napari.viewer.Viewer, role: str) -> Any:
+    """The last (topmost) layer of ``role``, or a clear error."""
+    found = layers_with_role(viewer, role)
+    if not found:
+        raise HecktorInputError(f"no {role.upper()} layer: open a case first")
+    return found[-1]
+
+
+def case_from_viewer(viewer: napari.viewer.Viewer) -> Case:
+    """The case behind the viewer's CT layer (the one the reader loaded)."""
+    ct = layer_with_role(viewer, "ct")
+    case = ct.metadata["hecktor"].get("case")
+    if case is None:  # a CT layer from elsewhere: rebuild from the layer itself
+        geometry = Geometry.from_dict(ct.metadata["hecktor"]["geometry"])
+        case = Case(ct.metadata["hecktor"].get("case_id", ct.name),
+                    ct=geometry.image_from_array(np.asarray(ct.data)))
+    return case
+
+
+def set_labels(viewer: napari.viewer.Viewer, layer_tuple: tuple) -> Any:
+    """Add a Labels layer, or write into the existing one of that name as ONE undo step."""
+    data, kwargs, _ = layer_tuple
+    name = kwargs["name"]
+    if name in viewer.layers and viewer.layers[name].data.shape == data.shape:
+        layer = viewer.layers[name]
+        changed = np.asarray(layer.data) != data
+        if changed.any():
+            with layer.block_history():
+                layer.data_setitem(np.nonzero(changed), data[changed])
+        layer.metadata.update(kwargs["metadata"])
+        return layer
+    return viewer.add_labels(data, **kwargs)
+
+
+def set_image(viewer: napari.viewer.Viewer, layer_tuple: tuple) -> Any:
+    """Add an Image layer or replace the data of the existing one of that name."""
+    data, kwargs, _ = layer_tuple
+    name = kwargs["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = data
+        layer.metadata.update(kwargs["metadata"])
+        return layer
+    return viewer.add_image(data, **kwargs)
+
+
+class JobPanel(Container):
+    """Run / Cancel buttons, a progress bar and a status line for one long job.
+
+    ``start(make_job, on_done)`` runs the progress generator ``make_job()`` in a napari
+    thread worker, so the viewer stays responsive; Cancel quits it between two steps.
+    """
+
+    def __init__(self, run_text: str = "Run"):
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=100, label="Progress")
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[self.run_button, self.cancel_button, self.progress, self.status],
+            labels=False,
+        )
+        self.worker = None
+        self.returned_at: float | None = None
+        self.cancel_button.changed.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        make_job: Callable[[], Generator[Progress, None, Any]],
+        on_done: Callable[[Any], None],
+    ) -> Any:
+        """Start the job; ``on_done(result)`` runs on the GUI thread when it finishes."""
+        if self.running:
+            return self.worker
+        worker = create_worker(make_job, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._mark_returned)
+        worker.returned.connect(on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.returned_at = None
+        self.status.value = "starting..."
+        worker.start()
+        return worker
+
+    def _mark_returned(self, *_: Any) -> None:
+        self.returned_at = time.perf_counter()
+
+    def cancel(self, *_: Any) -> None:
+        if self.worker is not None:
+            self.status.value = "cancelling..."
+            self.worker.quit()
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress.value = int(100 * progress.fraction)
+        self.status.value = progress.message
+
+    def _on_error(self, exc: Exception) -> None:
+        message = str(exc) if isinstance(exc, HecktorInputError) else f"{type(exc).__name__}: {exc}"
+        self.status.value = f"error: {message}"
+        show_error(message)
+
+    def _on_finished(self) -> None:
+        if self.worker is not None and self.worker.abort_requested:
+            self.status.value = "cancelled"
+            show_info("cancelled: nothing was changed")
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

@@ -1,0 +1,168 @@
+"""The dock widgets in a real napari viewer (Xvfb): segment -> CRF -> correct -> save."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import QTimer
+
+from napari_hecktor.io.geometry import Geometry
+from napari_hecktor.io.volumes import read_image
+from napari_hecktor.models.card import ModelCard, save_model
+from napari_hecktor.models.registry import TINY_CONFIGS, build_model
+from napari_hecktor.segment.preprocess import make_recipe
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tiny-widget-test",
+        architecture="mmpl",
+        config=TINY_CONFIGS["mmpl"],
+        preprocessing=make_recipe("pet_guided_roi", spacing_mm=3.0, roi_mm=[144, 144, 144],
+                                  z_offset_mm=-60.0, interpolator="linear"),
+        inference={"roi_size": [32, 32, 32], "overlap": 0.5, "thresholds": [0.5, 0.5],
+                   "min_component_voxels": 5},
+    )
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    return save_model(folder, build_model(card.architecture, card.config).eval(), card)
+
+
+class Heartbeat:
+    """A 10 ms QTimer on the GUI thread; the longest gap between ticks is the worst stall."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.gaps: list[tuple[float, float]] = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append((now, now - self.last))
+        self.last = now
+
+    def stop(self, until: float) -> float:
+        """The worst stall of the job itself (up to ``until``: its result arriving)."""
+        self.timer.stop()
+        return max((gap for end, gap in self.gaps if end <= until), default=0.0)
+
+
+@pytest.fixture
+def viewer_with_case(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-hecktor", "synthetic_case")
+    return viewer
+
+
+def _segment(viewer, qtbot, model, **settings):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", "Segment")
+    widget.models.value = []
+    widget.folder.value = str(model)
+    for name, value in settings.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def test_segment_crf_correct_save(viewer_with_case, qtbot, tiny_model, tmp_path):
+    viewer = viewer_with_case
+    widget = _segment(viewer, qtbot, tiny_model)
+    beat = Heartbeat()
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=120_000)
+    worst_stall = beat.stop(until=widget.job.returned_at)
+    ct = viewer.layers["SAMPLE-001 CT"]
+    pred = viewer.layers["SAMPLE-001 prediction"]
+    prob = viewer.layers["SAMPLE-001 probability"]
+    unc = viewer.layers["SAMPLE-001 uncertainty"]
+    for layer in (pred, prob, unc):
+        assert layer.data.shape == ct.data.shape
+        np.testing.assert_allclose(layer.scale, ct.scale)
+        np.testing.assert_allclose(layer.translate, ct.translate)
+    assert widget.used.value.startswith("cpu")
+    assert worst_stall < 0.1, f"GUI thread stalled {worst_stall * 1000:.0f} ms"
+
+    # a second run with other thresholds writes into the same layer: one Ctrl+Z undoes it
+    first = np.array(pred.data)
+    widget.threshold_p.value = 0.05
+    widget.threshold_n.value = 0.05
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=120_000)
+    assert not np.array_equal(pred.data, first)
+    pred.undo()
+    np.testing.assert_array_equal(pred.data, first)
+
+    # give the mask two known lesions: a "tumour" and a spurious island (false positive)
+    with pred.block_history():
+        pred.data_setitem(np.nonzero(np.asarray(pred.data) > 0), 0)
+    truth = np.asarray(viewer.layers["SAMPLE-001 GTV"].data)
+    with pred.block_history():
+        pred.data_setitem(np.nonzero(truth == 1), 1)
+        island = np.zeros(truth.shape, bool)
+        island[5:8, 10:14, 10:14] = True
+        pred.data_setitem(np.nonzero(island), 2)
+
+    # CRF: run, see the change layer, accept (one undo step)
+    _, crf = viewer.window.add_plugin_dock_widget("napari-hecktor", "CRF")
+    before_crf = np.array(pred.data)
+    crf.run()
+    qtbot.waitUntil(lambda: not crf.job.running, timeout=120_000)
+    assert "SAMPLE-001 CRF change" in viewer.layers
+    crf.accept_result()
+    assert "SAMPLE-001 CRF change" not in viewer.layers
+    pred.undo()
+    np.testing.assert_array_equal(pred.data, before_crf)
+
+    # correct: the lesion table lists both lesions; delete the island
+    _, correct = viewer.window.add_plugin_dock_widget("napari-hecktor", "Correct")
+    correct.target.value = pred.name
+    correct.refresh()
+    labels_in_table = [row[0] for row in correct.table.data]
+    assert sorted(labels_in_table) == ["GTVn", "GTVp"]
+    row = labels_in_table.index("GTVn")
+    correct.table.native.selectRow(row)
+    correct.edit_selected(None)
+    assert not np.any(np.asarray(pred.data)[island])
+    correct.refresh()
+    assert [r[0] for r in correct.table.data] == ["GTVp"]
+
+    # paint one sphere voxel, then undo it
+    before_paint = np.array(pred.data)
+    correct.paint_label.value = "GTVn"
+    correct.radius.value = 0.5
+    correct.paint_sphere((2, 2, 2))
+    assert pred.data[2, 2, 2] == 2
+    pred.undo()
+    np.testing.assert_array_equal(pred.data, before_paint)
+
+    # ground-truth comparison: the corrected mask equals the GTVp truth
+    correct.compare.value = True
+    assert "SAMPLE-001 vs ground truth" in viewer.layers
+    assert "Dice GTVp 1.000" in correct.metrics.value
+
+    # save on the CT grid
+    out = tmp_path / "corrected.nii.gz"
+    pred.save(str(out), plugin="napari-hecktor")
+    saved = read_image(out)
+    assert Geometry.of(saved).matches(Geometry.from_dict(ct.metadata["hecktor"]["geometry"]))
+
+
+def test_cancel_stops_segmentation_within_two_seconds(viewer_with_case, qtbot, tiny_model):
+    viewer = viewer_with_case
+    widget = _segment(viewer, qtbot, tiny_model, tta=True)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job.progress.value > 0, timeout=60_000)
+    start = time.perf_counter()
+    widget.job.cancel()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=5_000)
+    assert time.perf_counter() - start < 2.0
+    assert "SAMPLE-001 prediction" not in viewer.layers
+    assert widget.job.status.value == "cancelled"
