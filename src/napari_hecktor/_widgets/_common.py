@@ -32,6 +32,16 @@ def preload(*modules: str) -> None:
         importlib.import_module(name)
 
 
+def plugin_setting(section: str, key: str, default: Any) -> Any:
+    """A value of the plugin's settings (napari Preferences > Plugins > napari-hecktor)."""
+    from napari.settings import get_plugin_settings
+
+    try:
+        return getattr(getattr(get_plugin_settings("napari-hecktor"), section), key)
+    except (AttributeError, KeyError, ValueError):
+        return default
+
+
 def role_of(layer: Any) -> str | None:
     return layer.metadata.get("hecktor", {}).get("role")
 

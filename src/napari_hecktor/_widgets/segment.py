@@ -8,9 +8,16 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from ..display import labels_layer
 from ..io.case import Case
-from ..models.card import bundled_models
+from ..models.card import bundled_models, models_in
 from ..pipeline import DEFAULT_MODEL, segment_case_iter
-from ._common import JobPanel, case_from_viewer, preload, set_image, set_labels
+from ._common import (
+    JobPanel,
+    case_from_viewer,
+    plugin_setting,
+    preload,
+    set_image,
+    set_labels,
+)
 
 #: Imported when the widget opens so that the worker thread never imports them mid-job.
 HEAVY_MODULES = ("torch", "monai.data.utils", "safetensors.torch",
@@ -55,14 +62,15 @@ class SegmentWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         preload(*HEAVY_MODULES)
         self.viewer = viewer
-        bundled = bundled_models()
+        bundled = bundled_models() + models_in(plugin_setting("folders", "weights_folder", ""))
         self.models = Select(
-            label="Bundled models",
+            label="Models",
             choices=bundled,
             value=[DEFAULT_MODEL] if DEFAULT_MODEL in bundled else bundled[:1],
         )
         self.folder = FileEdit(label="or model folder", mode="d", value="")
-        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"],
+                               value=plugin_setting("compute", "device", "auto"))
         self.tta = CheckBox(label="Flip TTA", value=False)
         self.threshold_p = FloatSpinBox(label="GTVp threshold", value=0.5, min=0.05, max=0.95,
                                         step=0.05)

@@ -161,6 +161,14 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CARD_NAME).exists())
 
 
+def models_in(folder: str | Path) -> list[str]:
+    """Model folders directly inside ``folder`` (a user's weights folder), as paths."""
+    folder = Path(folder)
+    if not str(folder) or not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if (p / CARD_NAME).exists())
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A model folder from a path, or from the name of a bundled model."""
     path = Path(name_or_path)
