@@ -182,6 +182,9 @@ def write_image(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".hecktor-", suffix=suffix, dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a mask is a normal file
     try:
         sitk.WriteImage(image, tmp, useCompression=suffix.endswith(".gz"))
         os.replace(tmp, target)
