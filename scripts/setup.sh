@@ -15,8 +15,8 @@ python="${PYTHON:-python3}"
 sys_pkgs=(xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglib2.0-0 libfontconfig1 libdbus-1-3
   libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
   libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 g++)
-# independent references the tests compare against: plastimatch (Dice/HD95)
-[ "$mode" = "test" ] && sys_pkgs+=(plastimatch)
+# independent references the tests compare against: plastimatch (Dice/HD95), dciodvfy (DICOM)
+[ "$mode" = "test" ] && sys_pkgs+=(plastimatch dicom3tools)
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
   for p in "${sys_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
