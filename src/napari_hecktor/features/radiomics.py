@@ -1,0 +1,528 @@
+"""Mask-guided radiomics with pyradiomics: per structure (GTVp, GTVn, GTVall) and modality.
+
+What is computed
+    For every structure x modality pair, ``RadiomicsFeatureExtractor(p).execute(image,
+    mask, label=l)`` of pyradiomics with ``p`` = the parameter file's pyradiomics part
+    with that modality's ``modalities`` entry merged onto ``setting`` (see
+    :func:`pyradiomics_params` and the shipped ``radiomics_params.yaml``). The values are
+    exactly pyradiomics' (diagnostics dropped); names get the prefix
+    ``{structure}_{modality}_``, e.g. ``GTVp_PET_original_firstorder_Maximum``.
+
+Images and masks (see :func:`structure_mask`)
+    * CT: HU on its own grid.
+    * PET: SUV resampled onto the CT grid (trilinear, by physical coordinates:
+      :attr:`Case.pet_on_ct`). The mask is never resampled onto the PET grid: masks are
+      drawn on the CT grid (HECKTOR), both modalities then see the same voxels, and a
+      nearest-neighbour mask on 4 mm PET voxels would distort or drop small nodes.
+      Any further resampling (``resampledPixelSpacing``) is pyradiomics' own.
+    * GTVp and GTVn: the label map itself with ``label=1`` / ``label=2``; GTVall: the
+      binary mask ``labels > 0`` with ``label=1``.
+
+Empty and refused structures
+    A structure with no voxel (or a modality that the case lacks) is not sent to
+    pyradiomics: its columns are NaN. A structure that pyradiomics refuses (one voxel,
+    or flat along two axes: pyradiomics raises ``ValueError``) gets NaN columns too, and a
+    warning in the log. The column set is the same for every case: it is computed once
+    per parameter set from pyradiomics itself on a small synthetic sphere (cached per
+    process, :func:`feature_names`); filter outputs that pyradiomics skips for a tiny
+    lesion (a LoG sigma too large for its box) are NaN.
+
+Parallelism and cancel
+    The structure x modality jobs run in ``workers`` processes (a
+    ``ProcessPoolExecutor`` with the *spawn* start method: safe from a GUI thread and
+    the same on every OS; each worker runs SimpleITK single-threaded). The arrays are
+    written once as ``.npy`` files in a temporary folder that the workers memory-map and
+    wrap back into SimpleITK images with the CT geometry. ``workers=1`` runs in this
+    process on the original images. :func:`radiomics_iter` yields after every finished
+    job; closing it (Cancel) cancels the pending jobs, terminates the workers and
+    removes the temporary folder. As with any spawned process, a script that calls this
+    with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Generator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+from ..errors import HecktorInputError
+from ..io.geometry import Geometry, resample_to
+from ..progress import Progress, run_to_end
+
+log = logging.getLogger(__name__)
+
+#: The shipped default parameters.
+DEFAULT_PARAMS = Path(__file__).resolve().with_name("radiomics_params.yaml")
+#: Structures: name -> label value (None: any lesion, as a binary mask).
+STRUCTURES: dict[str, int | None] = {"GTVp": 1, "GTVn": 2, "GTVall": None}
+#: Modalities, in column order.
+MODALITIES = ("CT", "PET")
+#: Top-level keys a parameter file may have: pyradiomics' own plus ``modalities``.
+PYRADIOMICS_KEYS = ("setting", "imageType", "featureClass", "voxelSetting")
+PARAM_KEYS = (*PYRADIOMICS_KEYS, "modalities")
+#: Most worker processes by default.
+MAX_DEFAULT_WORKERS = 4
+
+_NAMES_CACHE: dict[str, list[str]] = {}
+
+
+# ----------------------------------------------------------------------------- parameters
+def load_params(params: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and check a parameter file (``None``: the shipped defaults); return it as a dict.
+
+    Raises :class:`HecktorInputError` naming the file for a missing file, invalid YAML, an
+    unknown top-level key, a bad ``modalities`` entry, or settings pyradiomics refuses.
+    """
+    if params is None:
+        params = DEFAULT_PARAMS
+    if isinstance(params, Mapping):
+        source = "the radiomics parameters"
+        config = copy.deepcopy(dict(params))
+    else:
+        path = Path(params)
+        source = f"radiomics parameter file {path}"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise HecktorInputError(f"{source} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HecktorInputError(f"cannot read {source}: {exc}") from None
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise HecktorInputError(f"{source} is not valid YAML{line}: {problem}") from None
+        if config is None:
+            raise HecktorInputError(f"{source} is empty")
+    if not isinstance(config, dict):
+        raise HecktorInputError(f"{source} must be a mapping of {', '.join(PARAM_KEYS)}")
+    unknown = sorted(str(k) for k in config if k not in PARAM_KEYS)
+    if unknown:
+        raise HecktorInputError(
+            f"{source} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(PARAM_KEYS)}"
+        )
+    modalities = config.get("modalities") or {}
+    if not isinstance(modalities, dict):
+        raise HecktorInputError(f"{source}: 'modalities' must map CT/PET to settings")
+    for name, settings in modalities.items():
+        if name not in MODALITIES:
+            raise HecktorInputError(
+                f"{source}: unknown modality {name!r} under 'modalities'; "
+                f"known: {', '.join(MODALITIES)}"
+            )
+        if not isinstance(settings, dict):
+            raise HecktorInputError(
+                f"{source}: 'modalities: {name}' must be a mapping of pyradiomics settings"
+            )
+    config["modalities"] = modalities
+    for modality in MODALITIES:
+        _validate_with_pyradiomics(pyradiomics_params(config, modality), source, modality)
+    return config
+
+
+def pyradiomics_params(config: Mapping[str, Any], modality: str) -> dict[str, Any]:
+    """The plain pyradiomics parameters for ``modality``: ``setting`` + ``modalities[modality]``.
+
+    Pass the result to ``RadiomicsFeatureExtractor`` to reproduce this module's values.
+    """
+    out = {k: copy.deepcopy(config[k]) for k in PYRADIOMICS_KEYS if config.get(k) is not None}
+    overrides = (config.get("modalities") or {}).get(modality) or {}
+    if overrides:
+        out["setting"] = {**(out.get("setting") or {}), **copy.deepcopy(overrides)}
+    return out
+
+
+def _validate_with_pyradiomics(params: dict[str, Any], source: str, modality: str) -> None:
+    from pykwalify.errors import PyKwalifyException
+
+    quiet = logging.getLogger("pykwalify")  # it logs the errors it raises: say them once
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        _extractor(params)
+    except PyKwalifyException as exc:
+        detail = " ".join(str(getattr(exc, "msg", exc) or exc).split())
+        detail = detail.replace("Schema validation failed:", "").strip(" -.")
+        raise HecktorInputError(
+            f"{source} is not valid pyradiomics parameters for {modality}: {detail}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+class _DropSumAverageNote(logging.Filter):
+    """pyradiomics warns 'GLCM is symmetrical...' for every GLCM it computes: noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "GLCM is symmetrical" not in str(record.msg)
+
+
+def _extractor(params: dict[str, Any]) -> Any:
+    from radiomics import featureextractor
+
+    glcm_log = logging.getLogger("radiomics.glcm")
+    if not any(isinstance(f, _DropSumAverageNote) for f in glcm_log.filters):
+        glcm_log.addFilter(_DropSumAverageNote())
+    # pyradiomics may normalise the dict it is given: hand it a copy
+    return featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(params))
+
+
+# ----------------------------------------------------------------------------- inputs
+def structure_mask(labels: sitk.Image, structure: str) -> tuple[sitk.Image, int]:
+    """The mask image and label value that pyradiomics gets for ``structure``."""
+    value = STRUCTURES[structure]
+    if value is None:
+        return sitk.Cast(labels > 0, sitk.sitkUInt8), 1
+    return labels, value
+
+
+def check_mask(labels: sitk.Image | np.ndarray | None, ct: sitk.Image) -> sitk.Image:
+    """A GTVp/GTVn mask (image or (z, y, x) array) checked against the CT grid, as uint8."""
+    geometry = Geometry.of(ct)
+    if labels is None:
+        raise HecktorInputError("no mask given: radiomics needs a GTVp/GTVn label on the CT grid")
+    if isinstance(labels, np.ndarray):
+        if tuple(labels.shape) != geometry.shape:
+            raise HecktorInputError(
+                f"the mask is not on the CT grid: mask array shape {tuple(labels.shape)}, "
+                f"CT array shape {geometry.shape}"
+            )
+        labels = geometry.image_from_array(np.asarray(labels))
+    mask_geometry = Geometry.of(labels)
+    if not mask_geometry.matches(geometry):
+        raise HecktorInputError(
+            f"the mask is not on the CT grid: mask is {mask_geometry.describe()}, "
+            f"CT is {geometry.describe()}"
+        )
+    array = sitk.GetArrayViewFromImage(labels)
+    if array.dtype == np.uint8:  # the usual case: a bincount is much faster than unique
+        values = np.nonzero(np.bincount(array.ravel(), minlength=3))[0]
+    else:
+        values = np.unique(array)
+    extra = [v for v in values.tolist() if v not in (0, 1, 2)]
+    if extra:
+        shown = ", ".join(f"{v:g}" for v in extra[:5])
+        raise HecktorInputError(
+            f"the mask has values outside 0 (background), 1 (GTVp), 2 (GTVn): {shown}"
+        )
+    if labels.GetPixelID() != sitk.sitkUInt8:
+        labels = sitk.Cast(labels, sitk.sitkUInt8)
+    if mask_geometry != geometry:  # within 1 um: take the CT's exact geometry, on a copy
+        labels = sitk.Image(labels)
+        geometry.apply_to(labels)
+    return labels
+
+
+def _modality_images(images: Any) -> dict[str, sitk.Image | None]:
+    """CT and PET (SUV, on the CT grid) from a Case or a mapping {"CT": ..., "PET": ...}."""
+    from ..io.case import Case
+
+    if isinstance(images, Case):
+        return {"CT": images.ct, "PET": images.pet_on_ct}
+    if not isinstance(images, Mapping) or images.get("CT") is None:
+        raise HecktorInputError("radiomics needs a case, or images as {'CT': ..., 'PET': ...}")
+    unknown = sorted(set(images) - set(MODALITIES))
+    if unknown:
+        raise HecktorInputError(
+            f"unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}"
+        )
+    ct = images["CT"]
+    out: dict[str, sitk.Image | None] = {"CT": ct, "PET": None}
+    pet = images.get("PET")
+    if pet is not None:
+        out["PET"] = resample_to(sitk.Cast(pet, sitk.sitkFloat32), ct, interpolator="linear")
+    return out
+
+
+def default_workers() -> int:
+    """min(4, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+
+
+# ----------------------------------------------------------------------------- names
+def _cache_key(params: Mapping[str, Any]) -> str:
+    # key order matters: pyradiomics names features in its imageType/featureClass order
+    return json.dumps(params, default=str)
+
+
+def _dummy_names(params: dict[str, Any]) -> list[str]:
+    """Feature names pyradiomics gives with ``params``, from a run on a small textured ball.
+
+    The ball (radius 6 voxels in a 20^3 image) is made at the resampled spacing, so that
+    resampling leaves it as large: every usual filter (LoG up to sigma ~ 10 voxels) runs.
+    """
+    size, radius = 20, 6.0
+    setting = params.get("setting") or {}
+    scale = float(setting.get("binWidth") or 1.0)
+    spacing = float(max(setting.get("resampledPixelSpacing") or [1.0]) or 1.0)
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray((rng.integers(0, 32, (size,) * 3) * scale).astype(np.float32))
+    zz, yy, xx = np.indices((size,) * 3) - (size - 1) / 2
+    mask = sitk.GetImageFromArray(((zz**2 + yy**2 + xx**2) <= radius**2).astype(np.uint8))
+    for im in (image, mask):
+        im.SetSpacing((spacing,) * 3)
+    result = _extractor(params).execute(image, mask, label=1)
+    return [k for k in result if not k.startswith("diagnostics_")]
+
+
+def feature_names(params: Mapping[str, Any]) -> list[str]:
+    """Unprefixed feature names for plain pyradiomics ``params`` (cached per process)."""
+    key = _cache_key(params)
+    if key not in _NAMES_CACHE:
+        _NAMES_CACHE[key] = _dummy_names(dict(params))
+    return list(_NAMES_CACHE[key])
+
+
+# ----------------------------------------------------------------------------- worker side
+def _init_worker() -> None:
+    """Pool initializer: parallelism comes from processes, so single-threaded ITK."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _load(obj: Any, geometry: dict[str, Any] | None) -> sitk.Image:
+    if isinstance(obj, sitk.Image):
+        return obj
+    array = np.load(obj, mmap_mode="r")
+    return Geometry.from_dict(geometry).image_from_array(np.asarray(array))
+
+
+def _run_task(spec: dict[str, Any]) -> tuple[str, Any]:
+    """One structure x modality extraction, in a worker process or in this one.
+
+    Returns ``("ok", {name: value})``, or ``("refused", message)`` when pyradiomics
+    rejects the mask (its checks raise ``ValueError``: one voxel, too few dimensions).
+    """
+    image = _load(spec["image"], spec.get("geometry"))
+    mask = _load(spec["mask"], spec.get("geometry"))
+    try:
+        result = _extractor(spec["params"]).execute(image, mask, label=spec["label"])
+    except ValueError as exc:
+        return "refused", str(exc)
+    return "ok", {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+
+
+# ----------------------------------------------------------------------------- the job
+def radiomics_iter(
+    images: Any,
+    labels: sitk.Image | np.ndarray | None = None,
+    *,
+    params: str | Path | Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    structures: Sequence[str] = tuple(STRUCTURES),
+) -> Generator[Progress, None, dict[str, float]]:
+    """Radiomics of every structure x modality, as a progress generator returning a flat dict.
+
+    ``images``: a :class:`~napari_hecktor.io.case.Case` (CT, and PET resampled onto the
+    CT grid), or ``{"CT": image, "PET": image}`` (PET on any grid: it is resampled onto
+    the CT grid, linear). ``labels``: uint8 0/1/2 on the CT grid (image or (z, y, x)
+    array); default the case's label. ``params``: parameter file or dict (default the
+    shipped ``radiomics_params.yaml``). ``workers``: processes (default
+    :func:`default_workers`; 1 runs here). The inputs are checked before this returns.
+    """
+    config = load_params(params)
+    modality_images = _modality_images(images)
+    if labels is None:
+        labels = getattr(images, "label", None)
+    ct = modality_images["CT"]
+    label_image = check_mask(labels, ct)
+    bad = [s for s in structures if s not in STRUCTURES]
+    if bad:
+        raise HecktorInputError(
+            f"unknown structure {bad[0]!r}; known: {', '.join(STRUCTURES)}"
+        )
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise HecktorInputError(f"workers must be at least 1, got {workers}")
+    return _radiomics_job(modality_images, label_image, config, workers, tuple(structures))
+
+
+def radiomics_features(images: Any, labels: Any = None, **kwargs: Any) -> dict[str, float]:
+    """:func:`radiomics_iter` run to the end."""
+    return run_to_end(radiomics_iter(images, labels, **kwargs))
+
+
+def _radiomics_job(
+    images: dict[str, sitk.Image | None],
+    labels: sitk.Image,
+    config: dict[str, Any],
+    workers: int,
+    structures: tuple[str, ...],
+) -> Generator[Progress, None, dict[str, float]]:
+    label_array = sitk.GetArrayViewFromImage(labels)
+    counts = np.bincount(label_array.ravel(), minlength=3)
+    voxels = {s: int(counts[v]) if v is not None else int(counts[1] + counts[2])
+              for s, v in STRUCTURES.items()}
+    modality_params = {m: pyradiomics_params(config, m) for m in MODALITIES}
+    names_needed = [m for m in MODALITIES if _cache_key(modality_params[m]) not in _NAMES_CACHE]
+    jobs = [(s, m) for s in structures for m in MODALITIES
+            if voxels[s] > 0 and images[m] is not None]
+    workers = max(1, min(workers, len(jobs)))
+    total = len(jobs) + len(names_needed)
+    yield Progress(0, total, f"radiomics: {len(jobs)} structure x modality job(s), "
+                             f"{workers} worker(s)")
+    runner = _Runner(workers)
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    try:
+        runner.start([(job, _job_spec(job, images, labels, modality_params, runner))
+                      for job in jobs])
+        done = 0
+        # the feature names come from pyradiomics here, while the workers start up
+        for m in names_needed:
+            feature_names(modality_params[m])
+            done += 1
+            yield Progress(done, total, f"radiomics: {m} feature names")
+        for (s, m), (kind, value) in runner.results():
+            if kind == "refused":
+                log.warning("pyradiomics refused %s on %s (its features are NaN): %s", s, m, value)
+                value = {}
+            results[(s, m)] = value
+            done += 1
+            yield Progress(done, total, f"radiomics: {s} {m} done")
+    finally:
+        runner.stop()
+
+    row: dict[str, float] = {}
+    for s in structures:
+        for m in MODALITIES:
+            values = results.get((s, m), {})
+            prefix = f"{s}_{m}_"
+            for name in feature_names(modality_params[m]):
+                row[prefix + name] = values.get(name, math.nan)
+            for name, v in values.items():  # anything the reference run did not produce
+                row.setdefault(prefix + name, v)
+    return row
+
+
+def _job_spec(
+    job: tuple[str, str],
+    images: dict[str, sitk.Image | None],
+    labels: sitk.Image,
+    modality_params: dict[str, dict[str, Any]],
+    runner: _Runner,
+) -> dict[str, Any]:
+    """What one extraction needs: images here, or .npy files + geometry for a worker."""
+    structure, modality = job
+    value = STRUCTURES[structure]
+    spec: dict[str, Any] = {"label": 1 if value is None else value,
+                            "params": modality_params[modality]}
+    if runner.folder is None:  # in this process: the images themselves
+        spec["image"] = images[modality]
+        spec["mask"] = structure_mask(labels, structure)[0]
+        return spec
+    label_array = sitk.GetArrayViewFromImage(labels)
+    mask_name = "GTVall" if value is None else "labels"
+    spec["image"] = runner.save(modality, lambda: sitk.GetArrayViewFromImage(images[modality]))
+    spec["mask"] = runner.save(
+        mask_name, lambda: (label_array > 0).astype(np.uint8) if value is None else label_array
+    )
+    spec["geometry"] = Geometry.of(labels).as_dict()
+    return spec
+
+
+class _Runner:
+    """Runs extraction specs here (one worker) or in a spawn process pool; Cancel-safe."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._tmp = (tempfile.TemporaryDirectory(prefix="hecktor-radiomics-")
+                     if workers > 1 else None)
+        self.folder = Path(self._tmp.name) if self._tmp is not None else None
+        self._files: dict[str, str] = {}
+        self._tasks: list[tuple[Any, dict[str, Any]]] = []
+        self._executor: ProcessPoolExecutor | None = None
+        self._futures: dict[Future, Any] = {}
+        self._finished = False
+
+    def save(self, name: str, array: Any) -> str:
+        """Write an array once as ``name.npy`` (workers memory-map it); return its path."""
+        if name not in self._files:
+            path = self.folder / f"{name}.npy"
+            np.save(path, array())
+            self._files[name] = str(path)
+        return self._files[name]
+
+    def start(self, tasks: list[tuple[Any, dict[str, Any]]]) -> None:
+        self._tasks = tasks
+        if self.workers <= 1 or not tasks:
+            return
+        import multiprocessing
+
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+        self._futures = {self._executor.submit(_run_task, spec): key for key, spec in tasks}
+
+    def results(self) -> Generator[tuple[Any, tuple[str, Any]], None, None]:
+        """(key, outcome) of every task, in the order they finish."""
+        if self._executor is None:
+            for key, spec in self._tasks:
+                yield key, _run_task(spec)
+            self._finished = True
+            return
+        pending = set(self._futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:
+                    raise RuntimeError(
+                        "a radiomics worker process died (out of memory, or a script without "
+                        "an `if __name__ == '__main__':` guard); retry with workers=1"
+                    ) from exc
+                yield self._futures[future], outcome
+        self._finished = True
+
+    def stop(self) -> None:
+        """Shut the pool down (at once, if not finished: Cancel) and remove the files."""
+        try:
+            if self._executor is not None:
+                if self._finished:
+                    self._executor.shutdown(wait=True)
+                else:
+                    _terminate(self._executor, list(self._futures))
+                self._executor = None
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+
+def _terminate(executor: ProcessPoolExecutor, futures: list[Future]) -> None:
+    """Cancel pending jobs and end the workers now (Cancel must not wait for a running job)."""
+    for future in futures:
+        future.cancel()
+    if hasattr(executor, "terminate_workers"):  # Python >= 3.14
+        executor.terminate_workers()
+        return
+    # Python < 3.14 has no public way to stop a running worker: take the processes first,
+    # since shutdown() forgets them.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    executor.shutdown(wait=True)
