@@ -49,3 +49,19 @@ def test_phantom_writes_a_cohort_and_refuses_to_overwrite_it(tmp_path):
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert digest(tmp_path / "cohort") == before
+
+
+def test_features_writes_one_row_and_protects_inputs(small_case, tmp_path):
+    out = tmp_path / "features.csv"
+    result = run("features", "--ct", str(small_case["ct"]), "--pet", str(small_case["pet"]),
+                 "--mask", str(small_case["label"]), "-o", str(out), "--id", "P1",
+                 "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    header, row = out.read_text().splitlines()
+    columns = header.split(",")
+    assert columns[0] == "PatientID" and row.startswith("P1,")
+    assert "GTVp_PET_original_firstorder_Maximum" in columns and "GTVp_SUVpeak" in columns
+    before = digest(small_case["label"])
+    again = run("features", "--ct", str(small_case["ct"]), "--pet", str(small_case["pet"]),
+                "--mask", str(small_case["label"]), "-o", str(small_case["label"]))
+    assert again.returncode == 2 and digest(small_case["label"]) == before

@@ -145,6 +145,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """Radiomics, PET metrics (and deep features with --model) of one case's mask."""
+    from .features.table import case_features_iter, write_features_csv
+    from .io.case import load_case
+    from .progress import run_to_end
+
+    case = load_case(args.ct, args.pet, args.mask, case_id=args.id)
+    protected = [args.ct, args.pet, args.mask]
+    if args.output.suffix.lower() != ".csv":
+        raise HecktorInputError(f"output {args.output} must be a .csv file")
+    job = case_features_iter(case, case.label, params=args.params, model=args.model,
+                             workers=args.workers)
+    row = run_to_end(job, _print_progress(f"features {case.case_id}"))
+    write_features_csv([row], args.output, protected=protected)
+    print(f"{case.case_id}: {len(row) - 1} features -> {args.output}")
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Open napari with a case (or the synthetic sample case)."""
     import napari
@@ -206,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gt_dir", type=Path, help="ground truth (HECKTOR 2022 or 2025 layout)")
     p.add_argument("-o", "--output", type=Path, help="write per-case metrics CSV")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("features", help="radiomics, PET metrics and deep features of a mask")
+    p.add_argument("--ct", type=Path, required=True)
+    p.add_argument("--pet", type=Path, required=True)
+    p.add_argument("--mask", type=Path, required=True, help="GTVp/GTVn mask on the CT grid")
+    p.add_argument("-o", "--output", type=Path, required=True, help="features CSV (one row)")
+    p.add_argument("--params", type=Path, help="pyradiomics parameter YAML (default: shipped)")
+    p.add_argument("--model", help="also deep features from this model (name or folder)")
+    p.add_argument("--id", help="PatientID for the row (default: from the CT file name)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: up to 4)")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("phantom", help="write a synthetic HECKTOR-layout cohort")
     p.add_argument("out", type=Path, help="output folder (new or empty)")
