@@ -92,8 +92,9 @@ def test_segment_crf_correct_save(viewer_with_case, qtbot, tiny_model, tmp_path)
 
     # a second run with other thresholds writes into the same layer: one Ctrl+Z undoes it
     first = np.array(pred.data)
-    widget.threshold_p.value = 0.05
-    widget.threshold_n.value = 0.05
+    assert first.any(), "an untrained net still marks something at 0.5"
+    widget.threshold_p.value = 0.95
+    widget.threshold_n.value = 0.95
     widget.run()
     qtbot.waitUntil(lambda: not widget.job.running, timeout=120_000)
     assert not np.array_equal(pred.data, first)
@@ -125,14 +126,14 @@ def test_segment_crf_correct_save(viewer_with_case, qtbot, tiny_model, tmp_path)
     _, correct = viewer.window.add_plugin_dock_widget("napari-hecktor", "Correct")
     correct.target.value = pred.name
     correct.refresh()
-    labels_in_table = [row[0] for row in correct.table.data]
+    labels_in_table = [row[0] for row in correct.table.value["data"]]
     assert sorted(labels_in_table) == ["GTVn", "GTVp"]
     row = labels_in_table.index("GTVn")
     correct.table.native.selectRow(row)
     correct.edit_selected(None)
     assert not np.any(np.asarray(pred.data)[island])
     correct.refresh()
-    assert [r[0] for r in correct.table.data] == ["GTVp"]
+    assert [r[0] for r in correct.table.value["data"]] == ["GTVp"]
 
     # paint one sphere voxel, then undo it
     before_paint = np.array(pred.data)
@@ -166,3 +167,44 @@ def test_cancel_stops_segmentation_within_two_seconds(viewer_with_case, qtbot, t
     assert time.perf_counter() - start < 2.0
     assert "SAMPLE-001 prediction" not in viewer.layers
     assert widget.job.status.value == "cancelled"
+
+
+def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    viewer = viewer_with_case
+    truth = viewer.layers["SAMPLE-001 GTV"]
+    ct = viewer.layers["SAMPLE-001 CT"]
+    geometry = Geometry.from_dict(ct.metadata["hecktor"]["geometry"])
+
+    _, results = viewer.window.add_plugin_dock_widget("napari-hecktor", "Results")
+    results.target.value = truth.name
+    beat = Heartbeat()
+    results.run()
+    qtbot.waitUntil(lambda: not results.job.running, timeout=300_000)
+    worst_stall = beat.stop(until=results.job.returned_at)
+    assert results.stale.value == "up to date", results.job.status.value
+    volume = float((np.asarray(truth.data) == 1).sum()) * geometry.voxel_volume_ml
+    assert float(results.structures.data[0][0]) == pytest.approx(volume, abs=0.01)
+    results.filter.value = "GTVp_PET_original_firstorder_Maximum"
+    rows = results.radiomics.value["data"]
+    assert [row[0] for row in rows] == ["GTVp_PET_original_firstorder_Maximum"]
+    if results.prediction:
+        assert "not for clinical use" in results.provenance.value
+    exported = results.export(tmp_path / "results.csv")
+    assert "GTVp_SUVpeak" in exported.read_text().splitlines()[0]
+    assert worst_stall < 0.1, f"GUI thread stalled {worst_stall * 1000:.0f} ms"
+    # an edit marks the values stale
+    results.auto.value = False
+    with truth.block_history():
+        truth.data_setitem((np.array([0]), np.array([0]), np.array([0])), 2)
+    assert results.stale.value.startswith("stale")
+
+    _, save = viewer.window.add_plugin_dock_widget("napari-hecktor", "Save")
+    save.target.value = truth.name
+    save.folder.value = str(tmp_path / "out")
+    saved = save._guarded(save.save_nifti)
+    assert Geometry.of(read_image(saved)).matches(geometry)
+    assert not save.seg.enabled  # the sample case is not DICOM
+    worker = save.autosave_now()
+    qtbot.waitUntil(lambda: worker.is_running is False, timeout=30_000)
+    assert list((tmp_path / "cache").rglob("SAMPLE-001_*.nii.gz"))

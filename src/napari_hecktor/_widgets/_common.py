@@ -42,6 +42,13 @@ def plugin_setting(section: str, key: str, default: Any) -> Any:
         return default
 
 
+def fill_table(table: Any, rows: list, columns: list[str], index: list | None = None) -> None:
+    """Replace a magicgui Table's contents (its ``value`` setter wants a DataFrame)."""
+    import pandas as pd
+
+    table.value = pd.DataFrame(rows, columns=columns, index=index)
+
+
 def role_of(layer: Any) -> str | None:
     return layer.metadata.get("hecktor", {}).get("role")
 

@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from ..display import labels_layer
 from ..segment import edit
 from ..segment.components import score_components
-from ._common import case_from_viewer, layers_with_role
+from ._common import case_from_viewer, fill_table, layers_with_role
 
 if TYPE_CHECKING:
     import napari
@@ -155,7 +155,7 @@ class CorrectWidget(Container):
         """Recompute the lesion table (and the GT comparison) from the current mask."""
         layer = self.layer
         if layer is None:
-            self.table.value = {"data": [], "columns": TABLE_COLUMNS}
+            fill_table(self.table, [], TABLE_COLUMNS)
             return
         case = case_from_viewer(self.viewer)
         prob_layers = layers_with_role(self.viewer, "probability")
@@ -169,7 +169,7 @@ class CorrectWidget(Container):
                  f"{c.mean_probability:.2f}", f"{c.mean_uncertainty:.2f}",
                  "yes" if c.likely_false_positive else "", "; ".join(c.reasons)]
                 for c in self.components]
-        self.table.value = {"data": rows, "columns": TABLE_COLUMNS}
+        fill_table(self.table, rows, TABLE_COLUMNS)
         self._refresh_comparison(case, labels)
 
     def selected_row(self) -> int | None:

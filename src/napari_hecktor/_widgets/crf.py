@@ -59,9 +59,9 @@ class CRFWidget(Container):
         def job():
             return (yield from refine_case_iter(case, probabilities, labels.copy(), params))
 
-        return self.job.start(job, lambda result: self.show(case, labels, result))
+        return self.job.start(job, lambda result: self.display_result(case, labels, result))
 
-    def show(self, case: Any, before: np.ndarray, result: Any) -> None:
+    def display_result(self, case: Any, before: np.ndarray, result: Any) -> None:
         """Show what the CRF would change; nothing is applied until Accept."""
         self.result = result
         change = np.zeros(before.shape, np.uint8)

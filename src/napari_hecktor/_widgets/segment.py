@@ -102,9 +102,9 @@ class SegmentWidget(Container):
         def job():
             return (yield from segment_case_iter(case, names, **settings))
 
-        return self.job.start(job, lambda seg: self.show(case, seg))
+        return self.job.start(job, lambda seg: self.display_result(case, seg))
 
-    def show(self, case: Case, seg: Any) -> None:
+    def display_result(self, case: Case, seg: Any) -> None:
         """Put a finished segmentation into the viewer (one undo step for the mask)."""
         layers = result_layers(case, seg)
         set_image(self.viewer, layers["probability"])

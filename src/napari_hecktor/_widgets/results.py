@@ -1,0 +1,262 @@
+"""Results dock widget: PET metrics, radiomics, deep features, HPV and recurrence risk, KM plot.
+
+Everything is computed by the core (``features.table.case_features_iter`` and
+``outcome.train.predict_case``) in a background worker; edits to the mask mark the
+values stale and, with auto-update on, recompute them after a pause.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    Table,
+)
+from qtpy.QtCore import QTimer
+
+from ..features.pet_metrics import METRICS
+from ._common import JobPanel, case_from_viewer, fill_table, layers_with_role, preload
+
+if TYPE_CHECKING:
+    import napari
+
+STRUCTURES = ("GTVp", "GTVn", "GTVall")
+AUTO_UPDATE_MS = 2000
+
+
+def demo_outcome_dir() -> Path:
+    from ..outcome.demo import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR
+
+
+def clinical_row(table: str | Path | None, case_id: str) -> dict[str, Any]:
+    """This patient's row of a clinical CSV (empty if there is no table or no such row)."""
+    if not table or not Path(table).is_file():
+        return {}
+    frame = pd.read_csv(table, dtype={"PatientID": str})
+    rows = frame[frame["PatientID"] == case_id] if "PatientID" in frame else frame.iloc[:0]
+    return {} if rows.empty else rows.iloc[0].to_dict()
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+class ResultsWidget(Container):
+    """Tumour figures and outcome predictions for the open case and its mask."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        preload("radiomics.featureextractor", "napari_hecktor.features.table",
+                "napari_hecktor.outcome.train")
+        self.viewer = viewer
+        self.target = ComboBox(label="Mask", choices=self._mask_choices)
+        self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")
+        self.outcome_model = FileEdit(label="Outcome model", mode="d",
+                                      value=str(demo_outcome_dir()))
+        self.auto = CheckBox(label="Recompute after edits", value=True)
+        self.job = JobPanel("Compute")
+        self.stale = Label(value="not computed")
+        self.structures = Table(value={"data": [], "columns": list(METRICS)})
+        self.filter = LineEdit(label="Filter radiomics", value="")
+        self.radiomics = Table(value={"data": [], "columns": ["feature", "value"]})
+        self.copy = PushButton(text="Copy")
+        self.export_button = PushButton(text="Export...")
+        self.deep = Label(value="")
+        self.outcome = Label(value="")
+        self.provenance = Label(value="")
+        self.plot = _KaplanMeierPlot()
+        super().__init__(widgets=[
+            self.target, self.clinical, self.outcome_model, self.auto, self.job, self.stale,
+            self.structures, self.filter, self.radiomics,
+            Container(widgets=[self.copy, self.export_button], layout="horizontal", labels=False),
+            self.deep, self.outcome, self.provenance,
+        ])
+        self.native.layout().addWidget(self.plot.canvas)
+        self.features: dict[str, Any] = {}
+        self.prediction: dict[str, Any] = {}
+        self._connected = None
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(AUTO_UPDATE_MS)
+        self._timer.timeout.connect(self.run)
+        self.job.run_button.changed.connect(self.run)
+        self.filter.changed.connect(self._fill_radiomics)
+        self.copy.changed.connect(self.copy_radiomics)
+        self.export_button.changed.connect(self._ask_export)
+        self.target.changed.connect(self._connect_layer)
+        viewer.layers.events.inserted.connect(self._layers_changed)
+        viewer.layers.events.removed.connect(self._layers_changed)
+        self._guess_clinical_table()
+        self._connect_layer()
+
+    # --- inputs ---------------------------------------------------------------------------
+    def _mask_choices(self, *_: Any) -> list[str]:
+        masks = layers_with_role(self.viewer, "prediction") + layers_with_role(self.viewer, "label")
+        return [layer.name for layer in masks]
+
+    def _layers_changed(self, *_: Any) -> None:
+        self.target.reset_choices()
+        self._connect_layer()
+
+    def _connect_layer(self, *_: Any) -> None:
+        name = self.target.value
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is self._connected:
+            return
+        if self._connected is not None:
+            self._connected.events.labels_update.disconnect(self.mark_stale)
+        self._connected = layer
+        if layer is not None:
+            layer.events.labels_update.connect(self.mark_stale)
+
+    def _guess_clinical_table(self) -> None:
+        """A HECKTOR dataset's clinical CSV next to the images, when there is one."""
+        try:
+            case = case_from_viewer(self.viewer)
+        except Exception:  # no case open yet
+            return
+        for source in case.sources.values():
+            for parent in Path(source).parents[:3]:
+                candidate = parent / "clinical.csv"
+                if candidate.is_file():
+                    self.clinical.value = str(candidate)
+                    return
+
+    def mark_stale(self, *_: Any) -> None:
+        self.stale.value = "stale: the mask changed since these values were computed"
+        if self.auto.value:
+            self._timer.start()
+
+    # --- computing --------------------------------------------------------------------------
+    def run(self, *_: Any) -> Any:
+        """Compute features and predictions for the current mask in the background."""
+        from ..features.table import case_features_iter
+        from ..outcome.train import predict_case
+
+        if self.job.running:
+            self._timer.start()  # try again after the running job
+            return None
+        case = case_from_viewer(self.viewer)
+        layer = self.viewer.layers[self.target.value]
+        labels = np.array(layer.data, dtype=np.uint8)
+        row = clinical_row(self.clinical.value, case.case_id)
+        model_dir = str(self.outcome_model.value or "")
+
+        def job():
+            features = yield from case_features_iter(case, labels, workers=2)
+            prediction = {}
+            if model_dir and Path(model_dir).is_dir():
+                prediction = predict_case({**row, **features}, model_dir)
+            return features, prediction
+
+        self.stale.value = "computing..."
+        return self.job.start(job, self.display_result)
+
+    def display_result(self, result: tuple[dict, dict]) -> None:
+        self.features, self.prediction = result
+        self.stale.value = "up to date"
+        rows = [[_fmt(self.features.get(f"{s}_{m}")) for m in METRICS] for s in STRUCTURES]
+        fill_table(self.structures, rows, list(METRICS), list(STRUCTURES))
+        self._fill_radiomics()
+        deep = [v for k, v in self.features.items() if k.startswith("deep_")]
+        self.deep.value = (f"{len(deep)} deep features (mean {np.mean(deep):.3f})" if deep
+                           else "deep features: none (no segmentation model given)")
+        self._show_prediction()
+
+    def _show_prediction(self) -> None:
+        p = self.prediction
+        if not p:
+            self.outcome.value = "no outcome model"
+            return
+        unit = p.get("time_unit", "days")
+        rfs = next((v for k, v in p.items() if k.startswith("expected_rfs")), float("nan"))
+        self.outcome.value = (
+            f"HPV probability {_fmt(p.get('hpv_probability'))} "
+            f"(threshold {_fmt(p.get('hpv_threshold'))}: {p.get('hpv_call', '-')})\n"
+            f"Recurrence risk score {_fmt(p.get('risk_score'))}, group {p.get('risk_group')}\n"
+            f"Expected RFS {_fmt(rfs, 0)} {unit}"
+        )
+        self.provenance.value = f"model: {p.get('model')} - {p.get('label')}"
+        from ..outcome.train import km_training_curves
+
+        self.plot.draw(km_training_curves(self.outcome_model.value), p.get("risk_group"))
+
+    # --- radiomics table --------------------------------------------------------------------
+    def radiomics_rows(self) -> list[tuple[str, float]]:
+        text = self.filter.value.strip().lower()
+        skip = tuple(f"{s}_{m}" for s in STRUCTURES for m in METRICS)
+        return [(k, v) for k, v in self.features.items()
+                if k != "PatientID" and not k.startswith("deep_") and k not in skip
+                and text in k.lower()]
+
+    def _fill_radiomics(self, *_: Any) -> None:
+        rows = [[k, _fmt(v, 4)] for k, v in self.radiomics_rows()[:2000]]
+        fill_table(self.radiomics, rows, ["feature", "value"])
+
+    def export(self, path: str | Path) -> Path:
+        """Write every computed value and prediction (one row) as CSV, or JSON by suffix."""
+        from ..io.export import write_results_csv, write_results_json
+
+        case = case_from_viewer(self.viewer)
+        data = {**self.features, **{f"pred_{k}": v for k, v in self.prediction.items()}}
+        writer = write_results_json if str(path).lower().endswith(".json") else write_results_csv
+        return writer(data, path, protected=list(case.sources.values()))
+
+    def _ask_export(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export results", "",
+                                              "CSV (*.csv);;JSON (*.json)")
+        if path:
+            self.export(path)
+
+    def copy_radiomics(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        text = "\n".join(f"{k}\t{v}" for k, v in self.radiomics_rows())
+        QApplication.clipboard().setText(text)
+
+
+class _KaplanMeierPlot:
+    """The outcome model's training Kaplan-Meier curves, the patient's group highlighted."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+
+    def draw(self, curves: dict[str, Any], group: str | None) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        for name, colour in (("low", "tab:blue"), ("high", "tab:red")):
+            if name not in curves:
+                continue
+            c = curves[name]
+            ax.step(c["time"], c["survival"], where="post", color=colour,
+                    linewidth=3 if name == group else 1,
+                    label=f"{name} risk (n={c.get('n', '?')})" + (" - this patient" if
+                                                                 name == group else ""))
+        ax.set_xlabel(f"time ({curves.get('time_unit', 'days')})")
+        ax.set_ylabel("recurrence-free")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"training cohort, log-rank p = {curves.get('logrank_p', float('nan')):.3g}",
+                     fontsize=9)
+        ax.legend(fontsize=8)
+        self.canvas.draw_idle()
