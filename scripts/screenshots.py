@@ -34,8 +34,60 @@ def main() -> int:
     QApplication.processEvents()
     viewer.screenshot(str(OUT / "sample_case.png"), canvas_only=False)
     print(f"wrote {OUT / 'sample_case.png'}")
+    widget_screenshots(viewer)
     viewer.close()
     return 0
+
+
+def wait_for(widget) -> None:
+    """Let a widget's background job finish while the Qt event loop runs."""
+    import time
+
+    while widget.job.running:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    for _ in range(20):
+        QApplication.processEvents()
+
+
+def dock_shot(viewer: napari.Viewer, name: str, filename: str):
+    """Dock one widget, take a screenshot of the window, return the widget."""
+    for dock in list(viewer.window.dock_widgets.values()):
+        viewer.window.remove_dock_widget(dock)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", name)
+    return widget, lambda: _save(viewer, filename)
+
+
+def _save(viewer: napari.Viewer, filename: str) -> None:
+    QApplication.processEvents()
+    viewer.screenshot(str(OUT / filename), canvas_only=False)
+    print(f"wrote {OUT / filename}")
+
+
+def widget_screenshots(viewer: napari.Viewer) -> None:
+    """Segment -> CRF -> Correct -> Results, each docked in turn, with the bundled model."""
+    from napari_hecktor.models.card import bundled_models
+
+    if "mmpl_demo" not in bundled_models():
+        print("no bundled model: widget screenshots skipped")
+        return
+    segment, shot = dock_shot(viewer, "Segment", "widget_segment.png")
+    segment.run()
+    wait_for(segment)
+    shot()
+    crf, shot = dock_shot(viewer, "CRF", "widget_crf.png")
+    crf.run()
+    wait_for(crf)
+    shot()
+    crf.revert_result()
+    correct, shot = dock_shot(viewer, "Correct", "widget_correct.png")
+    correct.compare.value = True
+    correct.refresh()
+    shot()
+    results, shot = dock_shot(viewer, "Results", "widget_results.png")
+    results.run()
+    wait_for(results)
+    shot()
 
 
 if __name__ == "__main__":

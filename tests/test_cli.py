@@ -65,3 +65,18 @@ def test_features_writes_one_row_and_protects_inputs(small_case, tmp_path):
     again = run("features", "--ct", str(small_case["ct"]), "--pet", str(small_case["pet"]),
                 "--mask", str(small_case["label"]), "-o", str(small_case["label"]))
     assert again.returncode == 2 and digest(small_case["label"]) == before
+
+
+def test_outcome_verbs_train_and_predict_on_the_demo_table(tmp_path):
+    from napari_hecktor.outcome.demo import DEMO_MODEL_DIR
+
+    table = DEMO_MODEL_DIR / "demo_table.csv"
+    trained = run("train-outcome", str(table), "-o", str(tmp_path / "m"), "--models",
+                  "cox_clinical,cox", "--folds", "3", "--target", "survival")
+    assert trained.returncode == 0, trained.stderr
+    assert "cox" in trained.stdout
+    out = tmp_path / "pred.csv"
+    predicted = run("predict-outcome", str(table), "--model", str(tmp_path / "m"), "-o", str(out))
+    assert predicted.returncode == 0, predicted.stderr
+    header = out.read_text().splitlines()[0]
+    assert header.startswith("PatientID,") and "risk_group" in header

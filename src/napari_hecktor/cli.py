@@ -163,6 +163,32 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_outcome(args: argparse.Namespace) -> int:
+    """Cross-validate and fit the HPV and survival models on a table."""
+    from .outcome.train import train_outcome
+
+    extra = {"models": tuple(args.models.split(","))} if args.models else {}
+    result = train_outcome(
+        args.table, args.spec, args.output, cv=args.cv, target=args.target,
+        folds=args.folds, repeats=args.repeats, seed=args.seed, command=" ".join(sys.argv),
+        progress=_print_progress("train-outcome"), **extra,
+    )
+    print(result["text"])
+    print(f"models and report -> {result['out_dir']}")
+    return 0
+
+
+def cmd_predict_outcome(args: argparse.Namespace) -> int:
+    """HPV probability, risk score and group, expected RFS per row of a table."""
+    from .outcome.train import predict_outcome
+
+    if Path(args.output).resolve() == Path(args.table).resolve():
+        raise HecktorInputError(f"refusing to overwrite the input table {args.table}")
+    table = predict_outcome(args.table, args.model, args.output)
+    print(f"{len(table)} prediction(s) -> {args.output} ({table.attrs.get('label', '')})")
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Open napari with a case (or the synthetic sample case)."""
     import napari
@@ -235,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="PatientID for the row (default: from the CT file name)")
     p.add_argument("--workers", type=int, help="parallel processes (default: up to 4)")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train-outcome", help="cross-validate and fit HPV/survival models")
+    p.add_argument("table", type=Path, help="clinical table (optionally joined with features)")
+    p.add_argument("--spec", type=Path, help="column spec YAML (default: HECKTOR 2025 columns)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="new model folder")
+    p.add_argument("--cv", choices=["kfold", "center"], default="kfold")
+    p.add_argument("--models", help="comma list of cox_clinical,cox,rsf,deepsurv,discrete")
+    p.add_argument("--target", choices=["survival", "hpv", "both"], default="both")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_outcome)
+
+    p = sub.add_parser("predict-outcome", help="HPV probability, risk group, expected RFS")
+    p.add_argument("table", type=Path)
+    p.add_argument("--model", type=Path, required=True, help="folder from train-outcome")
+    p.add_argument("-o", "--output", type=Path, required=True, help="predictions CSV")
+    p.set_defaults(func=cmd_predict_outcome)
 
     p = sub.add_parser("phantom", help="write a synthetic HECKTOR-layout cohort")
     p.add_argument("out", type=Path, help="output folder (new or empty)")

@@ -106,7 +106,7 @@ class CorrectWidget(Container):
             layer.events.labels_update.connect(self.schedule_refresh)
             layer.mouse_drag_callbacks.append(self._on_click)
             self._apply_brush()
-        self.refresh()
+        self.schedule_refresh()
 
     def _spacing_zyx(self) -> tuple[float, ...]:
         return tuple(case_from_viewer(self.viewer).geometry.spacing[::-1])
@@ -114,7 +114,7 @@ class CorrectWidget(Container):
     # --- painting -----------------------------------------------------------------
     def _apply_brush(self, *_: Any) -> None:
         layer = self.layer
-        if layer is None:
+        if layer is None or not layers_with_role(self.viewer, "ct"):
             return
         layer.brush_size = edit.brush_size_pixels(self.radius.value, self._spacing_zyx())
         value = PAINT_LABELS[self.paint_label.value]
@@ -154,7 +154,8 @@ class CorrectWidget(Container):
     def refresh(self, *_: Any) -> None:
         """Recompute the lesion table (and the GT comparison) from the current mask."""
         layer = self.layer
-        if layer is None:
+        if layer is None or not layers_with_role(self.viewer, "ct"):
+            self.components = []
             fill_table(self.table, [], TABLE_COLUMNS)
             return
         case = case_from_viewer(self.viewer)

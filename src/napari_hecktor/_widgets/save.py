@@ -73,6 +73,7 @@ class SaveWidget(Container):
         self._autosaver = None
         if layer is not None:
             layer.events.labels_update.connect(self._edited)
+        if layer is not None and layers_with_role(self.viewer, "ct"):
             case = case_from_viewer(self.viewer)
             self.stem.value = self.stem.value or f"{case.case_id}_corrected"
             self.seg.enabled = self.rtstruct.enabled = case.layout == "dicom"
