@@ -60,7 +60,7 @@ class CorrectWidget(Container):
         ])
         self.components: list = []
         self._connected = None
-        self._timer = QTimer()
+        self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
@@ -90,7 +90,10 @@ class CorrectWidget(Container):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _layers_changed(self, *_: Any) -> None:
-        self.target.reset_choices()
+        try:
+            self.target.reset_choices()
+        except RuntimeError:  # the dock was closed: its Qt widgets are gone
+            return
         self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:

@@ -89,7 +89,7 @@ class ResultsWidget(Container):
         self.features: dict[str, Any] = {}
         self.prediction: dict[str, Any] = {}
         self._connected = None
-        self._timer = QTimer()
+        self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTO_UPDATE_MS)
         self._timer.timeout.connect(self.run)
@@ -109,7 +109,10 @@ class ResultsWidget(Container):
         return [layer.name for layer in masks]
 
     def _layers_changed(self, *_: Any) -> None:
-        self.target.reset_choices()
+        try:
+            self.target.reset_choices()
+        except RuntimeError:  # the dock was closed: its Qt widgets are gone
+            return
         self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:

@@ -45,7 +45,7 @@ class SaveWidget(Container):
         self.target.changed.connect(self._connect_layer)
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
-        self._timer = QTimer()
+        self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave_now)
@@ -59,7 +59,10 @@ class SaveWidget(Container):
         return [layer.name for layer in masks]
 
     def _layers_changed(self, *_: Any) -> None:
-        self.target.reset_choices()
+        try:
+            self.target.reset_choices()
+        except RuntimeError:  # the dock was closed: its Qt widgets are gone
+            return
         self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:
