@@ -41,6 +41,16 @@ def demo_outcome_dir() -> Path:
     return DEMO_MODEL_DIR
 
 
+def _warm_radiomics_names() -> None:
+    """Learn the default feature names now (pyradiomics on a tiny ball, C code holding the
+    GIL) rather than inside the first job, where it would stall the viewer."""
+    from ..features.radiomics import MODALITIES, feature_names, load_params, pyradiomics_params
+
+    config = load_params(None)
+    for modality in MODALITIES:
+        feature_names(pyradiomics_params(config, modality))
+
+
 def clinical_row(table: str | Path | None, case_id: str) -> dict[str, Any]:
     """This patient's row of a clinical CSV (empty if there is no table or no such row)."""
     if not table or not Path(table).is_file():
@@ -62,6 +72,7 @@ class ResultsWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         preload("radiomics.featureextractor", "napari_hecktor.features.table",
                 "napari_hecktor.outcome.train")
+        _warm_radiomics_names()
         self.viewer = viewer
         self.target = ComboBox(label="Mask", choices=self._mask_choices)
         self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")
