@@ -46,6 +46,11 @@ def test_wheel_contains_the_manifest(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "napari_hecktor/napari.yaml" in names
+        for bundled in ("resources/models/mmpl_demo/model.safetensors",
+                        "resources/models/mmpl_demo/model_card.json",
+                        "resources/outcome/demo/outcome_model.json",
+                        "features/radiomics_params.yaml"):
+            assert f"napari_hecktor/{bundled}" in names, bundled
         text = zf.read("napari_hecktor/napari.yaml").decode()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_hecktor:napari.yaml" in zf.read(entry_points).decode()
