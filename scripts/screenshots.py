@@ -52,8 +52,8 @@ def wait_for(widget) -> None:
 
 def dock_shot(viewer: napari.Viewer, name: str, filename: str):
     """Dock one widget, take a screenshot of the window, return the widget."""
-    for dock in list(viewer.window.dock_widgets.values()):
-        viewer.window.remove_dock_widget(dock)
+    for widget in list(viewer.window.dock_widgets.values()):
+        viewer.window.remove_dock_widget(getattr(widget, "native", widget))
     _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", name)
     return widget, lambda: _save(viewer, filename)
 
