@@ -39,7 +39,7 @@ echo "[setup] installing Python packages into $venv"
 "${pip[@]}" install "${pins[@]}" numpy SimpleITK PyWavelets pykwalify six cython "torch==2.13.0"
 "${pip[@]}" install --no-build-isolation --no-deps "pyradiomics==3.0.1"
 "${pip[@]}" install "${pins[@]}" --no-build-isolation pydensecrf2
-extras="qt"; [ "$mode" = "test" ] && extras="qt,test"
+extras="qt,train"; [ "$mode" = "test" ] && extras="qt,train,test"
 "${pip[@]}" install "${pins[@]}" --no-build-isolation -e ".[$extras]"
 
 have_display() { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ]; }

@@ -208,6 +208,6 @@ def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
     saved = save._guarded(save.save_nifti)
     assert Geometry.of(read_image(saved)).matches(geometry)
     assert not save.seg.enabled  # the sample case is not DICOM
-    worker = save.autosave_now()
-    qtbot.waitUntil(lambda: worker.is_running is False, timeout=30_000)
-    assert list((tmp_path / "cache").rglob("SAMPLE-001_*.nii.gz"))
+    save.autosave_now()
+    qtbot.waitUntil(lambda: bool(list((tmp_path / "cache").rglob("SAMPLE-001_*.nii.gz"))),
+                    timeout=30_000)
