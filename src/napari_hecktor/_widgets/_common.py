@@ -49,6 +49,32 @@ def fill_table(table: Any, rows: list, columns: list[str], index: list | None = 
     table.value = pd.DataFrame(rows, columns=columns, index=index)
 
 
+def mask_layer_names(viewer: napari.viewer.Viewer) -> list[str]:
+    """Names of the GTVp/GTVn masks a widget can work on: predictions, then ground truth."""
+    masks = layers_with_role(viewer, "prediction") + layers_with_role(viewer, "label")
+    return [layer.name for layer in masks]
+
+
+class MaskWidget(Container):
+    """A dock widget bound to one mask layer, chosen in its ``target`` combo box.
+
+    Subclasses implement ``_connect_layer`` (follow the chosen layer's edits).
+    """
+
+    def _mask_choices(self, *_: Any) -> list[str]:
+        return mask_layer_names(self.viewer)
+
+    def _layers_changed(self, *_: Any) -> None:
+        try:
+            self.target.reset_choices()
+        except RuntimeError:  # the dock was closed: its Qt widgets are gone
+            return
+        self._connect_layer()
+
+    def _connect_layer(self, *_: Any) -> None:
+        raise NotImplementedError
+
+
 def role_of(layer: Any) -> str | None:
     return layer.metadata.get("hecktor", {}).get("role")
 

@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from ..display import labels_layer
 from ..segment import edit
 from ..segment.components import score_components
-from ._common import case_from_viewer, fill_table, layers_with_role
+from ._common import MaskWidget, case_from_viewer, fill_table, layers_with_role
 
 if TYPE_CHECKING:
     import napari
@@ -31,7 +31,7 @@ TABLE_COLUMNS = ["label", "volume mL", "SUVmax", "mean p", "uncertainty", "likel
 DEBOUNCE_MS = 300
 
 
-class CorrectWidget(Container):
+class CorrectWidget(MaskWidget):
     """Hand correction of a GTVp/GTVn mask, with a live lesion table and GT comparison."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -80,21 +80,12 @@ class CorrectWidget(Container):
         self._connect_layer()
 
     # --- which mask -----------------------------------------------------------------
-    def _mask_choices(self, *_: Any) -> list[str]:
-        masks = layers_with_role(self.viewer, "prediction") + layers_with_role(self.viewer, "label")
-        return [layer.name for layer in masks]
 
     @property
     def layer(self) -> Any:
         name = self.target.value
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def _layers_changed(self, *_: Any) -> None:
-        try:
-            self.target.reset_choices()
-        except RuntimeError:  # the dock was closed: its Qt widgets are gone
-            return
-        self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:
         layer = self.layer

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ..features.pet_metrics import METRICS
-from ._common import JobPanel, case_from_viewer, fill_table, layers_with_role, preload
+from ._common import JobPanel, MaskWidget, case_from_viewer, fill_table, preload
 
 if TYPE_CHECKING:
     import napari
@@ -66,7 +66,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-class ResultsWidget(Container):
+class ResultsWidget(MaskWidget):
     """Tumour figures and outcome predictions for the open case and its mask."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -115,16 +115,7 @@ class ResultsWidget(Container):
         self._connect_layer()
 
     # --- inputs ---------------------------------------------------------------------------
-    def _mask_choices(self, *_: Any) -> list[str]:
-        masks = layers_with_role(self.viewer, "prediction") + layers_with_role(self.viewer, "label")
-        return [layer.name for layer in masks]
 
-    def _layers_changed(self, *_: Any) -> None:
-        try:
-            self.target.reset_choices()
-        except RuntimeError:  # the dock was closed: its Qt widgets are gone
-            return
-        self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:
         name = self.target.value

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..errors import HecktorInputError
 from ..io.autosave import Autosaver
-from ._common import case_from_viewer, layers_with_role, plugin_setting
+from ._common import MaskWidget, case_from_viewer, layers_with_role, plugin_setting
 
 if TYPE_CHECKING:
     import napari
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 AUTOSAVE_MS = 3000
 
 
-class SaveWidget(Container):
+class SaveWidget(MaskWidget):
     """Save the corrected mask (never over an input file) and keep autosaved versions."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -54,16 +54,7 @@ class SaveWidget(Container):
         self._connect_layer()
 
     # --- which mask -----------------------------------------------------------------------
-    def _mask_choices(self, *_: Any) -> list[str]:
-        masks = layers_with_role(self.viewer, "prediction") + layers_with_role(self.viewer, "label")
-        return [layer.name for layer in masks]
 
-    def _layers_changed(self, *_: Any) -> None:
-        try:
-            self.target.reset_choices()
-        except RuntimeError:  # the dock was closed: its Qt widgets are gone
-            return
-        self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:
         name = self.target.value
