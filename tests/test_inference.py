@@ -192,3 +192,22 @@ def test_components_are_scored_and_weak_islands_flagged():
     assert any("low model confidence" in r for r in node.reasons)
     assert any("not FDG-avid" in r for r in node.reasons)
     np.testing.assert_allclose(tumour.centroid_mm, (4.5, 4.5, 13.5))
+
+
+@pytest.mark.parametrize("name", ["mmpl_demo", "normresse_demo"])
+def test_bundled_demo_models_load_are_labelled_and_find_the_sample_tumour(name):
+    """Each shipped model loads without pickle, says it is a synthetic demo and finds GTVp."""
+    from napari_hecktor._sample_data import make_sample_case
+    from napari_hecktor.metrics import dice
+    from napari_hecktor.models.card import DEMO_WARNING, bundled_models, resolve_model_path
+
+    assert name in bundled_models()
+    folder = resolve_model_path(name)
+    assert (folder / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by all
+    model, card = load_model(name)
+    assert card.demo and DEMO_WARNING in card.warning and DEMO_WARNING in card.label
+    assert card.metrics["synthetic_test"]["n_cases"] == 25  # measured figures are in the card
+    case = make_sample_case()
+    result = segment(case, [(model, card)])
+    truth = sitk.GetArrayFromImage(case.label)
+    assert dice(result.labels == 1, truth == 1) > 0.6

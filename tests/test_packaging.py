@@ -48,6 +48,8 @@ def test_wheel_contains_the_manifest(tmp_path):
         assert "napari_hecktor/napari.yaml" in names
         for bundled in ("resources/models/mmpl_demo/model.safetensors",
                         "resources/models/mmpl_demo/model_card.json",
+                        "resources/models/normresse_demo/model.safetensors",
+                        "resources/models/normresse_demo/model_card.json",
                         "resources/outcome/demo/outcome_model.json",
                         "features/radiomics_params.yaml"):
             assert f"napari_hecktor/{bundled}" in names, bundled

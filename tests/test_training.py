@@ -49,7 +49,7 @@ def tiny_config(tmp: Path, cohort: Path, **sections) -> dict:
                           "interpolator": "linear"},
         "augment": {"crop_size": [16, 16, 16], "crops_per_case": 2, "flip_axes": [2],
                     "rotate_deg": [15, 0, 0], "rotate_prob": 0.5, "intensity_prob": 0.5},
-        "train": {"epochs": 4, "batch_size": 2, "lr": 3e-3, "optimizer": "adamw",
+        "train": {"epochs": 4, "batch_size": 2, "lr": 3e-3, "optimizer": "adamw", "threads": 1,
                   "scheduler": {"name": "cosine_warm_restarts", "T_0": 3}},
         "validate": {"every": 2, "roi_size": [24, 16, 16], "min_component_voxels": 1},
         "inference": {"roi_size": [24, 16, 16], "min_component_voxels": 5},

@@ -142,7 +142,7 @@ RESUMABLE_CHANGES = ("train.epochs", "output", "data.num_workers", "data.cache_w
                      "inference", "card")
 
 METRIC_COLUMNS = [
-    "epoch", "global_step", "lr", "train_loss", "epoch_seconds", "val_dice_gtvp",
+    "epoch", "global_step", "lr", "train_loss", "epoch_seconds", "cpu_seconds", "val_dice_gtvp",
     "val_dscagg_gtvp", "val_dscagg_gtvn", "val_f1agg_gtvn", "val_fp_per_empty_case",
     "val_score", "best",
 ]
@@ -757,15 +757,17 @@ def train_iter(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | N
     boundary), without writing the model folder. Closing the generator stops between two
     steps; ``--resume`` then continues from the last completed epoch.
     """
+    import torch
     from monai.data import get_track_meta, set_track_meta
 
-    previous = get_track_meta()
+    previous, threads = get_track_meta(), torch.get_num_threads()
     set_track_meta(False)  # plain tensors through the transforms: faster, and no metadata
     try:
         return (yield from _train(cfg, resume=resume, stop_after=stop_after, log=log,
                                   command=command))
-    finally:
+    finally:  # leave the caller's process as it was (tests, a GUI)
         set_track_meta(previous)
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
@@ -860,6 +862,7 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
     best_metrics: dict[str, Any] = {}
     commands = [command]
     train_seconds = 0.0
+    cpu_seconds: float | None = 0.0  # rank 0's CPU time in the epochs (None: not recorded)
     cfg_json = json.dumps(jsonable(cfg), sort_keys=True)
     if resume:
         if not last_path.exists():
@@ -885,6 +888,7 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
         best_metrics = dict(ckpt["best_metrics"])
         commands = list(ckpt["commands"]) + [command]
         train_seconds = float(ckpt["train_seconds"])
+        cpu_seconds = float(ckpt["cpu_seconds"]) if "cpu_seconds" in ckpt else None
         say(f"resumed from {last_path} after epoch {start_epoch} (step {global_step})")
         del ckpt
     if dist.main:
@@ -906,6 +910,7 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
     epochs_done = start_epoch
     for epoch in range(start_epoch, stop_at):
         t_epoch = time.perf_counter()
+        c_epoch = time.process_time()
         epoch_seed = derived_seed(seed, epoch, dist.rank)
         seed_everything(epoch_seed)
         segdata.seed_transforms(train_ds, epoch_seed)
@@ -988,6 +993,8 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
                 "commands": commands,
                 "world_size": dist.world_size,
                 "train_seconds": float(train_seconds),
+                **({"cpu_seconds": float(cpu_seconds + time.process_time() - c_epoch)}
+                   if cpu_seconds is not None else {}),
             }
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", {
@@ -999,6 +1006,7 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
             row = {"epoch": epoch + 1, "global_step": global_step, "lr": f"{lr:.6g}",
                    "train_loss": round(train_loss, 6),
                    "epoch_seconds": round(time.perf_counter() - t_epoch, 2),
+                   "cpu_seconds": round(time.process_time() - c_epoch, 1),  # rank 0
                    "best": int(improved and metrics is not None)}
             if metrics is not None:
                 row.update({f"val_{k}": round(float(metrics[k]), 6) for k in (
@@ -1014,6 +1022,8 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
                         + (" (best)" if improved else ""))
             say(msg)
         epochs_done = epoch + 1
+        if cpu_seconds is not None:
+            cpu_seconds += time.process_time() - c_epoch
         dist.barrier()
 
     finished = epochs_done >= epochs
@@ -1036,8 +1046,8 @@ def _train(cfg: dict[str, Any], *, resume: bool, stop_after: int | None,
         del tune_net
     if finished and dist.main:
         model_dir = write_model_folder(cfg, out, recipe, arch, net, split_info, best_epoch,
-                                       best_metrics, commands, dist, device, train_seconds,
-                                       roi_val, tuned)
+                                       best_metrics, commands, dist, device,
+                                       (train_seconds, cpu_seconds), roi_val, tuned)
         say(f"model folder: {model_dir}")
     if metrics_log is not None:
         metrics_log.close()
@@ -1057,7 +1067,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 def write_model_folder(cfg: dict[str, Any], out: Path, recipe: dict[str, Any], arch: str,
                        net: Any, split_info: dict[str, Any], best_epoch: int | None,
                        best_metrics: dict[str, Any], commands: list[str], dist: Dist,
-                       device: Any, train_seconds: float, roi_val: Sequence[int],
+                       device: Any, seconds: tuple[float, float | None], roi_val: Sequence[int],
                        tuned: dict[str, Any] | None = None) -> Path:
     """The model folder (best checkpoint's weights + card) that ``hecktor segment`` loads.
 
@@ -1106,7 +1116,8 @@ def write_model_folder(cfg: dict[str, Any], out: Path, recipe: dict[str, Any], a
             "augment": cfg["augment"],
             "world_size": dist.world_size,
             "device": str(device),
-            "train_seconds": round(train_seconds, 1),
+            "train_seconds": round(seconds[0], 1),
+            "train_cpu_seconds_rank0": None if seconds[1] is None else round(seconds[1], 1),
             "code_version": code_version(),
             "commands": commands,
             "config": jsonable(cfg),

@@ -96,7 +96,9 @@ def save_model(folder: str | Path, model: Any, card: ModelCard) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"name": card.name})
+    weights = folder / WEIGHTS_NAME
+    save_file(state, str(weights), metadata={"name": card.name})
+    weights.chmod(0o644)  # safetensors writes owner-only files; models are shared read-only
     (folder / CARD_NAME).write_text(card.to_json() + "\n")
     return folder
 
