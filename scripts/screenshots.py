@@ -28,7 +28,7 @@ def main() -> int:
     viewer = napari.Viewer(title="napari-hecktor")
     viewer.window.resize(1500, 950)
     layers = viewer.open_sample("napari-hecktor", "synthetic_case")
-    viewer.window.add_plugin_dock_widget("napari-hecktor", "PET/CT display")
+    viewer.window.add_plugin_dock_widget("napari-hecktor", "Case")
     centre_on_label(viewer, layers[-1])
     viewer.reset_view()
     QApplication.processEvents()

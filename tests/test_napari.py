@@ -100,7 +100,8 @@ def test_writer_saves_edited_mask_on_ct_grid_and_protects_inputs(make_napari_vie
 def test_display_widget_applies_presets(make_napari_viewer, small_case):
     viewer = make_napari_viewer()
     ct, pet, gt = viewer.open(str(small_case["ct"]), plugin="napari-hecktor")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", "PET/CT display")
+    _, case_widget = viewer.window.add_plugin_dock_widget("napari-hecktor", "Case")
+    widget = case_widget.display
     widget.window.value = "bone"
     assert tuple(ct.contrast_limits) == window_limits("bone")
     widget.pet_colormap.value = "inverted grey"

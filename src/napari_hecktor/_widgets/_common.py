@@ -75,6 +75,17 @@ class MaskWidget(Container):
         raise NotImplementedError
 
 
+def autosaver_for(case: Case) -> Any:
+    """The case's :class:`~napari_hecktor.io.autosave.Autosaver` (cache folder from settings)."""
+    from pathlib import Path
+
+    from ..io.autosave import Autosaver
+
+    cache = plugin_setting("folders", "cache_folder", "") or None
+    folder = Path(cache) / "autosave" / case.case_id if cache else None
+    return Autosaver(case.case_id, case.geometry, folder, sources=list(case.sources.values()))
+
+
 def role_of(layer: Any) -> str | None:
     return layer.metadata.get("hecktor", {}).get("role")
 
@@ -162,7 +173,7 @@ class JobPanel(Container):
         """Start the job; ``on_done(result)`` runs on the GUI thread when it finishes."""
         if self.running:
             return self.worker
-        worker = create_worker(make_job, _start_thread=False)
+        worker = create_worker(make_job, _start_thread=False, _ignore_errors=True)  # _on_error
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._mark_returned)
         worker.returned.connect(on_done)

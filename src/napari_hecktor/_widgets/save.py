@@ -14,7 +14,7 @@ from qtpy.QtCore import QTimer
 
 from ..errors import HecktorInputError
 from ..io.autosave import Autosaver
-from ._common import MaskWidget, case_from_viewer, layers_with_role, plugin_setting
+from ._common import MaskWidget, autosaver_for, case_from_viewer, layers_with_role
 
 if TYPE_CHECKING:
     import napari
@@ -123,11 +123,7 @@ class SaveWidget(MaskWidget):
 
     def autosaver(self) -> Autosaver:
         if self._autosaver is None:
-            case = case_from_viewer(self.viewer)
-            cache = plugin_setting("folders", "cache_folder", "") or None
-            folder = Path(cache) / "autosave" / case.case_id if cache else None
-            self._autosaver = Autosaver(case.case_id, case.geometry, folder,
-                                        sources=list(case.sources.values()))
+            self._autosaver = autosaver_for(case_from_viewer(self.viewer))
         return self._autosaver
 
     def autosave_now(self) -> Any:
