@@ -189,6 +189,45 @@ def cmd_predict_outcome(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The full pipeline per case over a cohort, on dask.distributed; resumable."""
+    from .batch import RunSettings, check_models, run_cohort, settings_summary
+
+    if args.scheduler and args.workers is not None:
+        raise HecktorInputError("give --workers (a local cluster) or --scheduler, not both")
+    device = args.device
+    if device not in ("auto", "cpu", "mps") and not device.startswith("cuda"):
+        raise HecktorInputError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
+    clinical = args.clinical
+    if clinical is None and args.dataset.is_dir() and (args.dataset / "clinical.csv").is_file():
+        clinical = args.dataset / "clinical.csv"  # a HECKTOR/phantom cohort's own table
+    settings = RunSettings(
+        models=check_models(args.model), device=device, tta=args.tta, crf=not args.no_crf,
+        features=not args.no_features,
+        clinical=str(clinical.resolve()) if clinical else None,
+        outcome_model=str(args.outcome_model.resolve()) if args.outcome_model else None,
+    )
+    print(settings_summary(settings))
+    print(f"clinical table: {settings.clinical}" if settings.clinical else
+          "no clinical table (--clinical): outcome predictions skipped")
+    result = run_cohort(
+        args.dataset, args.out, settings, workers=args.workers or 1,
+        scheduler=args.scheduler,
+        progress=lambda p: print(f"[{p.done}/{p.total}] {p.message}", flush=True),
+        log=lambda text: print(text, flush=True),
+    )
+    ok_now, ok_before = result.count("ok", resumed=False), result.count("ok", resumed=True)
+    line = (f"{len(result.rows)} case(s): {ok_now} done now, {ok_before} finished earlier, "
+            f"{len(result.failed)} failed")
+    if result.failed:
+        line += f" ({', '.join(result.failed)}; see cases/<ID>/error.txt)"
+    print(f"{line} -> {result.table}")
+    not_run = [r["PatientID"] for r in result.rows if r["status"] == "not run"]
+    if not_run:
+        print(f"not run: {', '.join(not_run)}", file=sys.stderr)
+    return 1 if result.failed or not_run else 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Open napari with a case (or the synthetic sample case)."""
     import napari
@@ -273,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_outcome)
+
+    p = sub.add_parser("run", help="full pipeline per case over a cohort (dask, resumable)")
+    p.add_argument("dataset", type=Path, help="HECKTOR-layout folder (read only)")
+    p.add_argument("-o", "--out", required=True, type=Path,
+                   help="output folder (outside the dataset): cases/<ID>/..., cohort.csv")
+    p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use an existing dask cluster (e.g. tcp://host:8786) instead")
+    p.add_argument("--model", nargs="+", help="bundled model name(s) or model folder(s)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu or cuda")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--no-crf", action="store_true", help="skip the dense-CRF refinement")
+    p.add_argument("--no-features", action="store_true",
+                   help="skip radiomics (PET metrics are still computed)")
+    p.add_argument("--clinical", type=Path,
+                   help="clinical CSV for outcome predictions (default: DATASET/clinical.csv "
+                   "if there is one)")
+    p.add_argument("--outcome-model", type=Path,
+                   help="outcome model folder (default: the bundled synthetic demo)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("predict-outcome", help="HPV probability, risk group, expected RFS")
     p.add_argument("table", type=Path)
