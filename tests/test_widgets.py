@@ -192,9 +192,8 @@ def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
         assert "not for clinical use" in results.provenance.value
     exported = results.export(tmp_path / "results.csv")
     assert "GTVp_SUVpeak" in exported.read_text().splitlines()[0]
-    # Known gap (see the issue): starting the radiomics process pool still stalls the GUI
-    # thread by 0.1-0.7 s on a loaded 2-core machine; the target is 0.1 s. Bound it meanwhile.
-    assert worst_stall < 1.0, f"GUI thread stalled {worst_stall * 1000:.0f} ms"
+    # the radiomics workers run niced: even on a busy 2-core machine the GUI gets the CPU
+    assert worst_stall < 0.1, f"GUI thread stalled {worst_stall * 1000:.0f} ms"
     print(f"worst GUI stall during features: {worst_stall * 1000:.0f} ms")
     # an edit marks the values stale
     results.auto.value = False

@@ -293,9 +293,18 @@ def feature_names(params: Mapping[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- worker side
+#: Niceness added to radiomics worker processes: on a busy machine the viewer (and any
+#: other interactive process) gets the CPU first, so the GUI does not stutter.
+WORKER_NICENESS = 10
+
+
 def _init_worker() -> None:
-    """Pool initializer: parallelism comes from processes, so single-threaded ITK."""
+    """Pool initializer: single-threaded ITK (parallelism comes from processes), low priority."""
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):  # no nice() (Windows) or not permitted: run as is
+        pass
 
 
 def _load(obj: Any, geometry: dict[str, Any] | None) -> sitk.Image:
