@@ -122,3 +122,43 @@ def test_dataset_opened_from_the_file_menu_fills_the_patient_list(
     widget.step(+1)
     _wait(qtbot, widget)
     assert _shown_ids(viewer) == {IDS[1]}
+
+
+def test_dicom_study_opens_and_saves_dicom_seg_and_rtstruct_from_the_widgets(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """Case widget opens a DICOM study; the Save widget writes SEG and RTSTRUCT that
+    dciodvfy accepts and that read back to the mask."""
+    from test_export import GRIDS, _dciodvfy, _dice, _labels, _write_study
+
+    from napari_hecktor.io.export import read_dicom_seg, read_rtstruct
+
+    rows, cols, spacing = GRIDS["square"]
+    study = tmp_path / "study"
+    _write_study(study, rows, cols, spacing)
+    before = digest(study)
+    viewer = make_napari_viewer()
+    widget = _case_widget(viewer)
+    widget.open_dataset(study)
+    _wait(qtbot, widget)
+    assert [la.metadata["hecktor"]["role"] for la in viewer.layers] == ["ct", "pet"]
+    case = viewer.layers[0].metadata["hecktor"]["case"]
+    assert case.layout == "dicom"
+    mask = _labels(rows, cols)
+    data, kwargs, _ = labels_layer(case, mask, name="corrected", role="prediction")
+    viewer.add_labels(data, **kwargs)
+    _, save = viewer.window.add_plugin_dock_widget("napari-hecktor", "Save")
+    save.target.value = "corrected"
+    save.folder.value = tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    assert save.seg.enabled and save.rtstruct.enabled
+    save.seg.changed.emit(True)
+    save.rtstruct.changed.emit(True)
+    (seg,) = (tmp_path / "out").glob("*_seg.dcm")
+    (rtstruct,) = (tmp_path / "out").glob("*_rtstruct.dcm")
+    assert (_dciodvfy(seg)[0], _dciodvfy(rtstruct)[0]) == ([], [])
+    np.testing.assert_array_equal(read_dicom_seg(seg, study), mask)
+    back = read_rtstruct(rtstruct, case)
+    for value in (1, 2):
+        assert _dice(back == value, mask == value) >= 0.95
+    assert digest(study) == before

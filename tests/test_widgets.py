@@ -210,3 +210,18 @@ def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
     save.autosave_now()
     qtbot.waitUntil(lambda: bool(list((tmp_path / "cache").rglob("SAMPLE-001_*.nii.gz"))),
                     timeout=30_000)
+
+
+def test_a_wrong_model_folder_gives_one_message_and_changes_nothing(
+    viewer_with_case, qtbot, tmp_path
+):
+    viewer = viewer_with_case
+    names = [layer.name for layer in viewer.layers]
+    (tmp_path / "not_a_model").mkdir()
+    widget = _segment(viewer, qtbot, tmp_path / "not_a_model")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=60_000)
+    assert widget.job.status.value.startswith("error:")
+    assert "model_card.json is missing" in widget.job.status.value
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.job.run_button.enabled  # ready for another try
