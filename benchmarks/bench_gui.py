@@ -1,0 +1,184 @@
+"""GUI responsiveness: the longest main-thread stall while segmenting and computing results.
+
+A real napari viewer with the sample case (``napari_hecktor._sample_data.sample_case``);
+the plugin's Segment widget (default model ``mmpl_demo``, CPU) and Results widget
+(PET metrics + radiomics with 2 worker processes + outcome prediction) are docked. A
+10 ms ``QTimer`` heartbeat on the GUI thread records the gaps between its ticks; the
+longest gap is the worst stall.
+
+Ours: the widgets' own Run (the job in a napari thread worker; the stall is measured up
+to the job's result arriving, as ``tests/test_widgets.py`` does, and also up to the
+result being displayed).
+Peer: the same work run on the main thread (blocking), then displayed: its stall is the
+peer number.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_gui.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+TARGET_MS = 100.0
+
+
+class Heartbeat:
+    """A 10 ms timer on the GUI thread; the longest gap between ticks is the worst stall."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.last = time.perf_counter()
+        self.gaps: list[tuple[float, float]] = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((now, now - self.last))
+        self.last = now
+
+    def worst_ms(self, until: float | None = None) -> float:
+        """The longest gap (ms) among the ticks up to ``until`` (default: all)."""
+        return 1000.0 * max((g for end, g in self.gaps if until is None or end <= until),
+                            default=0.0)
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 600.0) -> None:
+    """Run the Qt event loop until ``done()`` (polled every 20 ms)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    poll = QTimer()
+    start = time.perf_counter()
+    poll.timeout.connect(
+        lambda: loop.quit() if done() or time.perf_counter() - start > timeout_s else None)
+    poll.start(20)
+    loop.exec()
+    poll.stop()
+
+
+def settle(ms: int = 300) -> None:
+    """Let queued events (layer drawing) run."""
+    wait_until(lambda: False, timeout_s=ms / 1000.0)
+
+
+def measure_widget(job_panel: Any, start: Callable[[], Any]) -> tuple[float, float, float]:
+    """Start a widget's background job; return (stall to result, stall to displayed, s)."""
+    beat = Heartbeat()
+    settle(100)
+    t0 = time.perf_counter()
+    start()
+    wait_until(lambda: not job_panel.running)
+    finished = time.perf_counter()
+    settle(200)
+    beat.stop()
+    returned = job_panel.returned_at or finished
+    return beat.worst_ms(until=returned), beat.worst_ms(until=finished + 0.1), finished - t0
+
+
+def measure_blocking(work: Callable[[], Any]) -> tuple[float, float]:
+    """Run ``work`` on the GUI thread from the event loop; return (stall ms, seconds)."""
+    from qtpy.QtCore import QTimer
+
+    beat = Heartbeat()
+    settle(100)
+    state: dict[str, float] = {}
+
+    def run() -> None:
+        state["t0"] = time.perf_counter()
+        work()
+        state["t1"] = time.perf_counter()
+
+    QTimer.singleShot(0, run)
+    wait_until(lambda: "t1" in state)
+    settle(200)
+    beat.stop()
+    return beat.worst_ms(), state["t1"] - state["t0"]
+
+
+def main() -> int:
+    """Dock the widgets, measure ours (worker thread) and the blocking peer; print results."""
+    common.quiet_logs()
+    import napari
+
+    from napari_hecktor._widgets._common import case_from_viewer
+    from napari_hecktor.features.table import case_features
+    from napari_hecktor.outcome.train import predict_case
+    from napari_hecktor.pipeline import segment_case_iter
+    from napari_hecktor.progress import run_to_end
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-hecktor", "synthetic_case")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-hecktor", "Segment")
+    segment.device.value = "cpu"
+    _, results = viewer.window.add_plugin_dock_widget("napari-hecktor", "Results")
+    results.auto.value = False
+    truth = next(layer.name for layer in viewer.layers if layer.name.endswith(" GTV"))
+    settle(1000)
+
+    figures: dict[str, dict[str, float]] = {}
+    # ours: the widgets' own background jobs
+    s_res, s_disp, s_sec = measure_widget(segment.job, segment.run)
+    figures["segment"] = {"ours_stall_ms": s_res, "ours_stall_with_display_ms": s_disp,
+                          "ours_seconds": s_sec}
+    results.target.value = truth
+    r_res, r_disp, r_sec = measure_widget(results.job, results.run)
+    figures["results"] = {"ours_stall_ms": r_res, "ours_stall_with_display_ms": r_disp,
+                          "ours_seconds": r_sec}
+
+    # the peer: the same work on the GUI thread
+    case = case_from_viewer(viewer)
+    names = segment.model_names()
+    settings = {"device": "cpu", "tta": segment.tta.value,
+                "thresholds": (segment.threshold_p.value, segment.threshold_n.value)}
+
+    def blocking_segment() -> None:
+        seg = run_to_end(segment_case_iter(case, names, **settings))
+        segment.display_result(case, seg)
+
+    labels = np.array(viewer.layers[truth].data, dtype=np.uint8)
+    model_dir = str(results.outcome_model.value or "")
+
+    def blocking_results() -> None:
+        features = case_features(case, labels, workers=2)
+        prediction = predict_case(dict(features), model_dir) if Path(model_dir).is_dir() else {}
+        results.display_result((features, prediction))
+
+    p_stall, p_sec = measure_blocking(blocking_segment)
+    figures["segment"].update(peer_stall_ms=p_stall, peer_seconds=p_sec)
+    p_stall, p_sec = measure_blocking(blocking_results)
+    figures["results"].update(peer_stall_ms=p_stall, peer_seconds=p_sec)
+
+    rows = []
+    for job, f in figures.items():
+        f["ratio"] = common.ratio(f["peer_stall_ms"], f["ours_stall_ms"])
+        f["target_met"] = f["ours_stall_ms"] <= TARGET_MS
+        rows.append([job, f["ours_stall_ms"], f["ours_stall_with_display_ms"],
+                     f["ours_seconds"], f["peer_stall_ms"], f["peer_seconds"], f["ratio"],
+                     "yes" if f["target_met"] else "no"])
+    common.print_table(
+        "Longest GUI-thread stall (ms), sample case, napari + Xvfb",
+        ["job", "ours stall", "ours +display", "ours s", "blocking stall", "blocking s",
+         "peer/ours", f"<= {TARGET_MS:.0f} ms"], rows)
+    common.print_json("gui", {"target_ms": TARGET_MS, "results": figures})
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
