@@ -58,11 +58,21 @@ def mask_layer_names(viewer: napari.viewer.Viewer) -> list[str]:
 class MaskWidget(Container):
     """A dock widget bound to one mask layer, chosen in its ``target`` combo box.
 
-    Subclasses implement ``_connect_layer`` (follow the chosen layer's edits).
+    It follows the chosen layer: ``_mask_edited`` runs after each edit of it, and
+    ``_attach(layer)`` / ``_detach(layer)`` when the choice changes (override as needed).
+    Subclasses call :meth:`_follow_target` at the end of ``__init__``.
     """
+
+    _connected: Any = None
 
     def _mask_choices(self, *_: Any) -> list[str]:
         return mask_layer_names(self.viewer)
+
+    def _follow_target(self) -> None:
+        self.target.changed.connect(self._connect_layer)
+        self.viewer.layers.events.inserted.connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._layers_changed)
+        self._connect_layer()
 
     def _layers_changed(self, *_: Any) -> None:
         try:
@@ -72,7 +82,26 @@ class MaskWidget(Container):
         self._connect_layer()
 
     def _connect_layer(self, *_: Any) -> None:
+        name = self.target.value
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is self._connected:
+            return
+        if self._connected is not None:
+            self._connected.events.labels_update.disconnect(self._mask_edited)
+            self._detach(self._connected)
+        self._connected = layer
+        if layer is not None:
+            layer.events.labels_update.connect(self._mask_edited)
+        self._attach(layer)
+
+    def _mask_edited(self, *_: Any) -> None:
         raise NotImplementedError
+
+    def _attach(self, layer: Any) -> None:
+        """The chosen mask layer is now ``layer`` (None: no mask)."""
+
+    def _detach(self, layer: Any) -> None:
+        """``layer`` is no longer the chosen mask."""
 
 
 def autosaver_for(case: Case) -> Any:

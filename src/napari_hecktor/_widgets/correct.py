@@ -59,12 +59,10 @@ class CorrectWidget(MaskWidget):
             self.compare, self.metrics,
         ])
         self.components: list = []
-        self._connected = None
         self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
-        self.target.changed.connect(self._connect_layer)
         self.paint_label.changed.connect(self._apply_brush)
         self.radius.changed.connect(self._apply_brush)
         self.fill.changed.connect(self.fill_holes)
@@ -75,9 +73,7 @@ class CorrectWidget(MaskWidget):
         self.to_gtvn.changed.connect(lambda *_: self.edit_selected(2))
         self.compare.changed.connect(lambda *_: self.refresh())
         self.table.native.cellClicked.connect(lambda row, _col: self.centre_on(row))
-        viewer.layers.events.inserted.connect(self._layers_changed)
-        viewer.layers.events.removed.connect(self._layers_changed)
-        self._connect_layer()
+        self._follow_target()
 
     # --- which mask -----------------------------------------------------------------
 
@@ -86,18 +82,15 @@ class CorrectWidget(MaskWidget):
         name = self.target.value
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    def _mask_edited(self, *_: Any) -> None:
+        self.schedule_refresh()
 
-    def _connect_layer(self, *_: Any) -> None:
-        layer = self.layer
-        if layer is self._connected:
-            return
-        if self._connected is not None:
-            self._connected.events.labels_update.disconnect(self.schedule_refresh)
-            if self._on_click in self._connected.mouse_drag_callbacks:
-                self._connected.mouse_drag_callbacks.remove(self._on_click)
-        self._connected = layer
+    def _detach(self, layer: Any) -> None:
+        if self._on_click in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_click)
+
+    def _attach(self, layer: Any) -> None:
         if layer is not None:
-            layer.events.labels_update.connect(self.schedule_refresh)
             layer.mouse_drag_callbacks.append(self._on_click)
             self._apply_brush()
         self.schedule_refresh()

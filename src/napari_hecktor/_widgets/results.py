@@ -99,7 +99,6 @@ class ResultsWidget(MaskWidget):
         self.native.layout().addWidget(self.plot.canvas)
         self.features: dict[str, Any] = {}
         self.prediction: dict[str, Any] = {}
-        self._connected = None
         self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTO_UPDATE_MS)
@@ -108,25 +107,12 @@ class ResultsWidget(MaskWidget):
         self.filter.changed.connect(self._fill_radiomics)
         self.copy.changed.connect(self.copy_radiomics)
         self.export_button.changed.connect(self._ask_export)
-        self.target.changed.connect(self._connect_layer)
-        viewer.layers.events.inserted.connect(self._layers_changed)
-        viewer.layers.events.removed.connect(self._layers_changed)
         self._guess_clinical_table()
-        self._connect_layer()
+        self._follow_target()
 
     # --- inputs ---------------------------------------------------------------------------
-
-
-    def _connect_layer(self, *_: Any) -> None:
-        name = self.target.value
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is self._connected:
-            return
-        if self._connected is not None:
-            self._connected.events.labels_update.disconnect(self.mark_stale)
-        self._connected = layer
-        if layer is not None:
-            layer.events.labels_update.connect(self.mark_stale)
+    def _mask_edited(self, *_: Any) -> None:
+        self.mark_stale()
 
     def _guess_clinical_table(self) -> None:
         """A HECKTOR dataset's clinical CSV next to the images, when there is one."""

@@ -42,31 +42,16 @@ class SaveWidget(MaskWidget):
         self.seg.changed.connect(lambda *_: self._guarded(self.save_dicom_seg))
         self.rtstruct.changed.connect(lambda *_: self._guarded(self.save_rtstruct))
         self.snapshot.changed.connect(lambda *_: self._guarded(self.save_snapshot))
-        self.target.changed.connect(self._connect_layer)
-        viewer.layers.events.inserted.connect(self._layers_changed)
-        viewer.layers.events.removed.connect(self._layers_changed)
         self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave_now)
-        self._connected = None
         self._autosaver: Autosaver | None = None
-        self._connect_layer()
+        self._follow_target()
 
     # --- which mask -----------------------------------------------------------------------
-
-
-    def _connect_layer(self, *_: Any) -> None:
-        name = self.target.value
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is self._connected:
-            return
-        if self._connected is not None:
-            self._connected.events.labels_update.disconnect(self._edited)
-        self._connected = layer
+    def _attach(self, layer: Any) -> None:
         self._autosaver = None
-        if layer is not None:
-            layer.events.labels_update.connect(self._edited)
         if layer is not None and layers_with_role(self.viewer, "ct"):
             case = case_from_viewer(self.viewer)
             self.stem.value = self.stem.value or f"{case.case_id}_corrected"
@@ -117,7 +102,7 @@ class SaveWidget(MaskWidget):
         return path
 
     # --- autosave ---------------------------------------------------------------------------
-    def _edited(self, *_: Any) -> None:
+    def _mask_edited(self, *_: Any) -> None:
         if self.autosave.value:
             self._timer.start()
 
