@@ -34,11 +34,12 @@ TARGET_MS = 100.0
 class Heartbeat:
     """A 10 ms timer on the GUI thread; the longest gap between ticks is the worst stall."""
 
-    def __init__(self) -> None:
+    def __init__(self, phase: Callable[[], str] = lambda: "") -> None:
         from qtpy.QtCore import QTimer
 
+        self.phase = phase
         self.last = time.perf_counter()
-        self.gaps: list[tuple[float, float]] = []
+        self.gaps: list[tuple[float, float, str]] = []
         self.timer = QTimer()
         self.timer.setInterval(10)
         self.timer.timeout.connect(self._tick)
@@ -46,13 +47,18 @@ class Heartbeat:
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.gaps.append((now, now - self.last))
+        self.gaps.append((now, now - self.last, self.phase()))
         self.last = now
 
     def worst_ms(self, until: float | None = None) -> float:
         """The longest gap (ms) among the ticks up to ``until`` (default: all)."""
-        return 1000.0 * max((g for end, g in self.gaps if until is None or end <= until),
+        return 1000.0 * max((g for end, g, _ in self.gaps if until is None or end <= until),
                             default=0.0)
+
+    def worst_phase(self, until: float | None = None) -> str:
+        """The job status shown when the longest gap (up to ``until``) ended."""
+        gaps = [(g, p) for end, g, p in self.gaps if until is None or end <= until]
+        return max(gaps)[1] if gaps else ""
 
     def stop(self) -> None:
         self.timer.stop()
@@ -77,9 +83,9 @@ def settle(ms: int = 300) -> None:
     wait_until(lambda: False, timeout_s=ms / 1000.0)
 
 
-def measure_widget(job_panel: Any, start: Callable[[], Any]) -> tuple[float, float, float]:
-    """Start a widget's background job; return (stall to result, stall to displayed, s)."""
-    beat = Heartbeat()
+def measure_widget(job_panel: Any, start: Callable[[], Any]) -> dict[str, Any]:
+    """Start a widget's background job; the stalls up to its result and to its display."""
+    beat = Heartbeat(lambda: str(job_panel.status.value))
     settle(100)
     t0 = time.perf_counter()
     start()
@@ -88,7 +94,10 @@ def measure_widget(job_panel: Any, start: Callable[[], Any]) -> tuple[float, flo
     settle(200)
     beat.stop()
     returned = job_panel.returned_at or finished
-    return beat.worst_ms(until=returned), beat.worst_ms(until=finished + 0.1), finished - t0
+    return {"stall_ms": beat.worst_ms(until=returned),
+            "stall_during": beat.worst_phase(until=returned),
+            "stall_with_display_ms": beat.worst_ms(until=finished + 0.1),
+            "seconds": finished - t0}
 
 
 def measure_blocking(work: Callable[[], Any]) -> tuple[float, float]:
@@ -131,15 +140,14 @@ def main() -> int:
     truth = next(layer.name for layer in viewer.layers if layer.name.endswith(" GTV"))
     settle(1000)
 
-    figures: dict[str, dict[str, float]] = {}
-    # ours: the widgets' own background jobs
-    s_res, s_disp, s_sec = measure_widget(segment.job, segment.run)
-    figures["segment"] = {"ours_stall_ms": s_res, "ours_stall_with_display_ms": s_disp,
-                          "ours_seconds": s_sec}
+    figures: dict[str, dict[str, Any]] = {}
+    # ours: the widgets' own background jobs, a first (cold) and a second (warm) run
     results.target.value = truth
-    r_res, r_disp, r_sec = measure_widget(results.job, results.run)
-    figures["results"] = {"ours_stall_ms": r_res, "ours_stall_with_display_ms": r_disp,
-                          "ours_seconds": r_sec}
+    for job, widget in (("segment", segment), ("results", results)):
+        cold = measure_widget(widget.job, widget.run)
+        warm = measure_widget(widget.job, widget.run)
+        figures[job] = {f"ours_{k}": v for k, v in cold.items()}
+        figures[job].update({f"ours_warm_{k}": v for k, v in warm.items()})
 
     # the peer: the same work on the GUI thread
     case = case_from_viewer(viewer)
@@ -166,15 +174,19 @@ def main() -> int:
 
     rows = []
     for job, f in figures.items():
-        f["ratio"] = common.ratio(f["peer_stall_ms"], f["ours_stall_ms"])
-        f["target_met"] = f["ours_stall_ms"] <= TARGET_MS
-        rows.append([job, f["ours_stall_ms"], f["ours_stall_with_display_ms"],
-                     f["ours_seconds"], f["peer_stall_ms"], f["peer_seconds"], f["ratio"],
-                     "yes" if f["target_met"] else "no"])
+        worst = max(f["ours_stall_ms"], f["ours_warm_stall_ms"])
+        f["ratio"] = common.ratio(f["peer_stall_ms"], worst)
+        f["target_met"] = worst <= TARGET_MS
+        rows.append([job, f["ours_stall_ms"], f["ours_warm_stall_ms"],
+                     f["ours_stall_with_display_ms"], f["ours_seconds"], f["peer_stall_ms"],
+                     f["peer_seconds"], f["ratio"], "yes" if f["target_met"] else "no"])
     common.print_table(
         "Longest GUI-thread stall (ms), sample case, napari + Xvfb",
-        ["job", "ours stall", "ours +display", "ours s", "blocking stall", "blocking s",
-         "peer/ours", f"<= {TARGET_MS:.0f} ms"], rows)
+        ["job", "ours cold", "ours warm", "cold +display", "ours s", "blocking stall",
+         "blocking s", "peer/ours", f"<= {TARGET_MS:.0f} ms"], rows)
+    for job, f in figures.items():
+        print(f"{job}: worst stall while the job showed {f['ours_stall_during']!r} (cold), "
+              f"{f['ours_warm_stall_during']!r} (warm)")
     common.print_json("gui", {"target_ms": TARGET_MS, "results": figures})
     viewer.close()
     return 0

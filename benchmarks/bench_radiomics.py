@@ -39,16 +39,25 @@ PARAMS = common.REPO / "src" / "napari_hecktor" / "features" / "radiomics_params
 def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """napari-hecktor's radiomics (process pool), per case."""
     common.quiet_logs()
-    from napari_hecktor.features.radiomics import default_workers, radiomics_features
+    from napari_hecktor.features.radiomics import default_workers, radiomics_iter
     from napari_hecktor.io.case import load_case
 
     out = []
     for c in spec["cases"]:
         start = time.perf_counter()
         case = load_case(c["ct"], c["pet"], c["label"], case_id=c["case_id"])
-        row = radiomics_features(case, workers=spec.get("workers"))
+        job = radiomics_iter(case, workers=spec.get("workers"))
+        # when each step was reported (s from the start): the time line of the pool
+        steps = [("inputs checked", time.perf_counter() - start)]
+        while True:
+            try:
+                progress = next(job)
+            except StopIteration as stop:
+                row = stop.value
+                break
+            steps.append((progress.message, time.perf_counter() - start))
         out.append({"case_id": c["case_id"], "seconds": time.perf_counter() - start,
-                    "values": row})
+                    "values": row, "steps": steps})
     return {"cases": out, "workers": spec.get("workers") or default_workers()}
 
 
@@ -144,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         f"NaN mismatches {worst['nan_mismatch']}",
         ["side", "s/case", "peak RSS MiB"], rows)
     jobs = peer.result["cases"][0]["job_seconds"]
+    steps = ours.result["cases"][0]["steps"]
     print("peer seconds per structure x modality (case 1): "
           + ", ".join(f"{k} {v:.1f}" for k, v in jobs.items()))
+    print("ours time line (case 1, s): "
+          + "; ".join(f"{m.replace('radiomics: ', '')} {t:.1f}" for m, t in steps))
     common.print_json("radiomics", {
         "n_cases": len(cases), "workers": ours.result["workers"],
         "ours": {"s_per_case": o_s, "peak_rss_mb": ours.peak_rss_mb},
         "peer": {"s_per_case": p_s, "peak_rss_mb": peer.peak_rss_mb, "job_seconds": jobs},
+        "ours_time_line": steps,
         "speedup": speedup, "values": worst, "target_speedup": 2.0,
     })
     return 0

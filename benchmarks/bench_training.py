@@ -18,7 +18,7 @@ Iterations/s are timed over the steps after ``--warmup`` (data caching excluded 
 sides; ours' epoch boundaries, with their checkpoint writes, included). With a CUDA GPU
 both sides use it (ours: bf16 autocast and channels-last, as its config says).
 
-    python benchmarks/bench_training.py --iters 40
+    python benchmarks/bench_training.py --iters 24
 """
 
 from __future__ import annotations
@@ -195,8 +195,8 @@ def peer_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Write the cohort, run both loops, print the table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--seed", type=int, default=3000)
     args = parser.parse_args(argv)

@@ -194,5 +194,11 @@ def quiet_logs() -> None:
     import logging
     import warnings
 
-    logging.getLogger("radiomics").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    try:
+        import radiomics  # sets its own logger level on import: override it afterwards
+
+        radiomics.setVerbosity(logging.ERROR)
+    except ImportError:
+        pass
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
