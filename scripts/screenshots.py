@@ -65,7 +65,7 @@ def _save(viewer: napari.Viewer, filename: str) -> None:
 
 
 def widget_screenshots(viewer: napari.Viewer) -> None:
-    """Segment -> CRF -> Correct -> Results, each docked in turn, with the bundled model."""
+    """Segment -> CRF -> Correct -> Results -> Save, then Case, each docked in turn."""
     from napari_hecktor.models.card import bundled_models
 
     if "mmpl_demo" not in bundled_models():
@@ -87,6 +87,11 @@ def widget_screenshots(viewer: napari.Viewer) -> None:
     results, shot = dock_shot(viewer, "Results", "widget_results.png")
     results.run()
     wait_for(results)
+    shot()
+    save, shot = dock_shot(viewer, "Save", "widget_save.png")
+    save.target.value = "SAMPLE-001 prediction"
+    shot()
+    case, shot = dock_shot(viewer, "Case", "widget_case.png")
     shot()
 
 

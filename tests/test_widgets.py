@@ -225,3 +225,15 @@ def test_a_wrong_model_folder_gives_one_message_and_changes_nothing(
     assert "model_card.json is missing" in widget.job.status.value
     assert [layer.name for layer in viewer.layers] == names
     assert widget.job.run_button.enabled  # ready for another try
+
+
+def test_segment_widget_shows_the_chosen_models_tuned_thresholds(make_napari_viewer):
+    from napari_hecktor.models.card import read_card
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", "Segment")
+    for name in ("mmpl_demo", "normresse_demo"):
+        widget.models.value = [name]
+        expected = read_card(name).inference["thresholds"]
+        assert (widget.threshold_p.value, widget.threshold_n.value) == pytest.approx(expected)
+    assert read_card("mmpl_demo").inference["thresholds"] != [0.5, 0.5]  # the check can fail

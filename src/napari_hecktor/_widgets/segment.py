@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, Select
 
 from ..display import labels_layer
+from ..errors import HecktorInputError
 from ..io.case import Case
 from ..models.card import bundled_models, models_in
 from ..pipeline import DEFAULT_MODEL, segment_case_iter
@@ -81,6 +82,21 @@ class SegmentWidget(Container):
         super().__init__(widgets=[self.models, self.folder, self.device, self.tta,
                                   self.threshold_p, self.threshold_n, self.job, self.used])
         self.job.run_button.changed.connect(self.run)
+        self.models.changed.connect(self.use_model_thresholds)
+        self.folder.changed.connect(self.use_model_thresholds)
+        self.use_model_thresholds()
+
+    def use_model_thresholds(self, *_: Any) -> None:
+        """Show the first chosen model's tuned thresholds (from its card); the user may edit."""
+        from ..models.card import read_card
+
+        names = self.model_names()
+        try:
+            card = read_card(names[0]) if names else None
+        except HecktorInputError:  # not a model folder: said when Segment runs
+            return
+        thresholds = (card.inference if card else {}).get("thresholds", (0.5, 0.5))
+        self.threshold_p.value, self.threshold_n.value = (float(t) for t in thresholds)
 
     def model_names(self) -> list[str]:
         folder = str(self.folder.value or "").strip()
