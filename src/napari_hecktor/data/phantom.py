@@ -525,6 +525,28 @@ def _elong(rng, z_stretch: float = 1.0) -> np.ndarray:
     return e / np.prod(e) ** (1.0 / 3.0)
 
 
+# The lesion samplers below are public: outcome/synthetic.py draws image-free patients
+# with them. Each consumes the random generator exactly as the image phantom does.
+def primary_radius_mm(rng: np.random.Generator, hpv: int) -> float:
+    """GTVp radius (mm): log-normal, median 12 mm (HPV+) or 16 mm (HPV-), 8-25 mm."""
+    return _lognormal(rng, 12.0 if hpv else 16.0, 0.3, 8.0, 25.0)
+
+
+def primary_suvmax(rng: np.random.Generator, hpv: int) -> float:
+    """True GTVp peak SUV: normal 10 +- 3 (HPV+) or 13 +- 3.5 (HPV-), clipped to 5-20."""
+    return float(np.clip(rng.normal(10.0, 3.0) if hpv else rng.normal(13.0, 3.5), 5.0, 20.0))
+
+
+def node_count(rng: np.random.Generator, hpv: int) -> int:
+    """Number of nodes (0-3); HPV+ patients have more."""
+    return int(rng.choice(4, p=(0.15, 0.35, 0.30, 0.20) if hpv else (0.35, 0.35, 0.20, 0.10)))
+
+
+def node_radius_mm(rng: np.random.Generator, hpv: int) -> float:
+    """GTVn radius (mm): log-normal, median 10 mm (HPV+) or 7.5 mm (HPV-), 5-15 mm."""
+    return _lognormal(rng, 10.0 if hpv else 7.5, 0.3, 5.0, 15.0)
+
+
 def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
     """Draw GTVp and GTVn into the volumes; return the Lesion list and site name."""
     occupied = np.zeros(g.shape, dtype=bool)
@@ -538,7 +560,7 @@ def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
     # GTVp
     placed = None
     for _ in range(40):
-        radius = _lognormal(rng, 12.0 if hpv else 16.0, 0.3, 8.0, 25.0)
+        radius = primary_radius_mm(rng, hpv)
         c = base * scale + rng.normal(0.0, 3.0, 3)
         placed = _place(
             g, rng, c, radius, _elong(rng), int(rng.integers(1, 4)), occupied, inside, spacing
@@ -547,7 +569,7 @@ def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
             break
     if placed is None:  # pragma: no cover - the oropharynx always has room
         raise RuntimeError("could not place the primary tumour")
-    smax = float(np.clip(rng.normal(10.0, 3.0) if hpv else rng.normal(13.0, 3.5), 5.0, 20.0))
+    smax = primary_suvmax(rng, hpv)
     necrotic = bool(rng.uniform() < (0.15 if hpv else 0.35))
     p_sl, p_m, p_dn = placed
     occupied[p_sl] |= p_m
@@ -555,7 +577,7 @@ def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
     lesions.append(Lesion(1, tuple(float(v) for v in ref + c), radius, smax, necrotic))
 
     # GTVn
-    n_nodes = int(rng.choice(4, p=(0.15, 0.35, 0.30, 0.20) if hpv else (0.35, 0.35, 0.20, 0.10)))
+    n_nodes = node_count(rng, hpv)
     nodes = []
     for j in range(n_nodes):
         for _ in range(30):
@@ -564,7 +586,7 @@ def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
             nside = side if (j == 0 or rng.uniform() < 0.75) else -side
             c = (np.array(mean) + rng.normal(0.0, 1.0, 3) * np.array(sd)) * scale
             c[0] *= nside
-            radius = _lognormal(rng, 10.0 if hpv else 7.5, 0.3, 5.0, 15.0)
+            radius = node_radius_mm(rng, hpv)
             placed = _place(g, rng, c, radius, _elong(rng, 1.3), 0, occupied, inside, spacing)
             if placed is not None:
                 break
@@ -598,6 +620,25 @@ def _add_lesions(g, rng, hu, suv, label, body, scale, spacing, ref, hpv, tex):
 
 
 # ----------------------------------------------------------------------------- clinical
+
+
+def sample_covariates(rng: np.random.Generator, center: int) -> dict[str, object]:
+    """Steps 1-2 of the model: a patient's clinical covariates and HPV status at a centre."""
+    return _clinical_covariates(rng, _SCANNERS[center])
+
+
+def sample_survival(
+    rng: np.random.Generator, covariates: dict, center: int, volume_ml: float, n_nodes: int
+) -> dict:
+    """Step 4: Weibull relapse-free survival with censoring (and its linear predictor)."""
+    return _survival(rng, covariates, _SCANNERS[center], volume_ml, n_nodes)
+
+
+def clinical_row(
+    rng: np.random.Generator, case_id: str, center: int, covariates: dict, survival: dict
+) -> dict[str, object]:
+    """Step 5: the HECKTOR 2025 clinical row, with missing values."""
+    return _clinical_row(rng, case_id, center, covariates, survival)
 
 
 def _clinical_covariates(rng: np.random.Generator, scanner: _Scanner) -> dict[str, object]:

@@ -41,21 +41,19 @@ def synthetic_outcome_table(n: int, *, seed: int = 0, centers: int = 3) -> pd.Da
     for i in range(n):
         c = i % centers
         rng = np.random.default_rng(np.random.SeedSequence([seed, i, 7]))
-        sc = ph._SCANNERS[c]
-        cov = ph._clinical_covariates(rng, sc)
+        cov = ph.sample_covariates(rng, c)
         hpv = cov["hpv"]
-        r = ph._lognormal(rng, 12.0 if hpv else 16.0, 0.3, 8.0, 25.0)
+        r = ph.primary_radius_mm(rng, hpv)
         gtvp = 4.0 / 3.0 * math.pi * r**3 / 1000.0 * rng.uniform(0.85, 1.15)
-        smax = float(np.clip(rng.normal(10.0, 3.0) if hpv else rng.normal(13.0, 3.5), 5.0, 20.0))
-        p_nodes = (0.15, 0.35, 0.30, 0.20) if hpv else (0.35, 0.35, 0.20, 0.10)
-        n_nodes = int(rng.choice(4, p=p_nodes))
+        smax = ph.primary_suvmax(rng, hpv)
+        n_nodes = ph.node_count(rng, hpv)
         gtvn = 0.0
         for _ in range(n_nodes):
-            rn = ph._lognormal(rng, 10.0 if hpv else 7.5, 0.3, 5.0, 15.0)
+            rn = ph.node_radius_mm(rng, hpv)
             gtvn += 0.8 * 4.0 / 3.0 * math.pi * rn**3 / 1000.0
-        surv = ph._survival(rng, cov, sc, gtvp + gtvn, n_nodes)
+        surv = ph.sample_survival(rng, cov, c, gtvp + gtvn, n_nodes)
         case_id = f"{ph.CENTERS[c]}-{i // centers + 1:03d}"
-        row = ph._clinical_row(rng, case_id, c, cov, surv)
+        row = ph.clinical_row(rng, case_id, c, cov, surv)
         vp = gtvp * float(np.exp(rng.normal(0.0, 0.05)))
         vn = gtvn * float(np.exp(rng.normal(0.0, 0.08)))
         row.update(
