@@ -166,11 +166,11 @@ def read_series(series: DicomSeries) -> sitk.Image:
     :class:`HecktorInputError` for a single slice, slices of different sizes or
     orientations, duplicate positions, non-uniform spacing or gantry tilt.
     """
-    headers = _headers(series)
+    headers = read_headers(series)
     return _read_pixels(series, headers)
 
 
-def _headers(series: DicomSeries) -> list[pydicom.Dataset]:
+def read_headers(series: DicomSeries) -> list[pydicom.Dataset]:
     """Headers of the files of ``series`` in order; raise if one cannot be read."""
     headers = []
     for path in series.files:
@@ -196,7 +196,7 @@ def _read_pixels(series: DicomSeries, headers: list[pydicom.Dataset]) -> sitk.Im
         raise HecktorInputError(
             f"DICOM series {name} has a single slice; a 3D volume needs at least two."
         )
-    origin, spacing, direction, size = _geometry(headers, name)
+    origin, spacing, direction, size = stack_geometry(headers, name)
 
     rescale = {
         (
@@ -243,7 +243,7 @@ def _read_pixels(series: DicomSeries, headers: list[pydicom.Dataset]) -> sitk.Im
     return image
 
 
-def _geometry(
+def stack_geometry(
     headers: Sequence[pydicom.Dataset], name: str
 ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[int, int, int]]:
     """Origin, spacing, direction (row-major) and size (x, y, z) of a regular slice stack."""
@@ -449,7 +449,7 @@ def read_pet_suv(
         raise HecktorInputError(
             f"DICOM series {_series_name(series)} is not PET (Modality {series.modality})."
         )
-    headers = _headers(series)
+    headers = read_headers(series)
     factor = suv_factor(_earliest_acquisition(headers), overrides=overrides)
     activity = _read_pixels(series, headers)
     return sitk.Cast(activity * factor.factor, sitk.sitkFloat32), factor

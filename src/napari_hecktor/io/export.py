@@ -47,7 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import HecktorInputError
-from .dicom import DicomSeries, _geometry, _headers, find_series
+from .dicom import DicomSeries, find_series, read_headers, stack_geometry
 from .geometry import Geometry
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def resolve_ct(source: Case | DicomSeries | str | Path) -> CTReference:
             folder = folder.parent
         series = _ct_of_folder(folder)
         protected.append(folder)
-    headers = _headers(series)
+    headers = read_headers(series)
     for ds in headers:
         if not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
             raise HecktorInputError(
@@ -124,7 +124,7 @@ def resolve_ct(source: Case | DicomSeries | str | Path) -> CTReference:
             )
     if len(headers) < 2:
         raise HecktorInputError("DICOM export needs a CT series of at least two slices.")
-    origin, spacing, direction, size = _geometry(headers, series.series_uid)
+    origin, spacing, direction, size = stack_geometry(headers, series.series_uid)
     geometry = Geometry(size=size, spacing=spacing, origin=origin, direction=direction)
     if case_geometry is not None and not geometry.matches(case_geometry):
         raise HecktorInputError(
