@@ -80,16 +80,28 @@ def _forward(weights: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray) -> np.
     return h
 
 
-def _weights_state(weights) -> dict[str, np.ndarray]:
-    arrays = {}
-    for k, (W, b) in enumerate(weights):
-        arrays[f"W{k}"] = W
-        arrays[f"b{k}"] = b
-    return arrays
+class _MLPState(StateMixin):
+    """Saved state of the MLP models: weights ``W<k>``/``b<k>`` plus the fitted arrays
+    named in ``_saved_arrays`` (attribute ``<name>_`` saved as ``<name>``)."""
 
+    _saved_arrays: tuple[str, ...] = ()
 
-def _weights_from(arrays, n_layers: int):
-    return [(arrays[f"W{k}"], arrays[f"b{k}"]) for k in range(n_layers)]
+    def _get_state(self):
+        arrays = {}
+        for k, (W, b) in enumerate(self.weights_):
+            arrays[f"W{k}"] = W
+            arrays[f"b{k}"] = b
+        arrays.update({name: getattr(self, f"{name}_") for name in self._saved_arrays})
+        meta = {"feature_names_in": self.feature_names_in_, "tau": self.tau_,
+                "n_layers": len(self.weights_)}
+        return meta, arrays
+
+    def _set_state(self, meta, arrays):
+        self.feature_names_in_ = meta["feature_names_in"]
+        self.tau_ = meta["tau"]
+        self.weights_ = [(arrays[f"W{k}"], arrays[f"b{k}"]) for k in range(meta["n_layers"])]
+        for name in self._saved_arrays:
+            setattr(self, f"{name}_", arrays[name])
 
 
 def _train(torch, net, loss_fn, epochs: int, lr: float, l2: float):
@@ -107,8 +119,10 @@ def _train(torch, net, loss_fn, epochs: int, lr: float, l2: float):
 
 
 @register
-class DeepSurv(SurvivalMixin, StateMixin, BaseEstimator):
+class DeepSurv(SurvivalMixin, _MLPState, BaseEstimator):
     """DeepSurv: MLP log-risk trained on the Breslow negative log partial likelihood + L2."""
+
+    _saved_arrays = ("surv_times", "cumhaz0")
 
     def __init__(self, hidden=(32, 32), dropout=0.2, l2=1e-3, lr=1e-3, epochs=300, random_state=0):
         self.hidden = hidden
@@ -150,21 +164,6 @@ class DeepSurv(SurvivalMixin, StateMixin, BaseEstimator):
     def _survival_grid(self, X) -> np.ndarray:
         return np.exp(-np.outer(np.exp(self.predict(X)), self.cumhaz0_))
 
-    def _get_state(self):
-        arrays = _weights_state(self.weights_)
-        arrays.update({"surv_times": self.surv_times_, "cumhaz0": self.cumhaz0_})
-        return {
-            "feature_names_in": self.feature_names_in_,
-            "tau": self.tau_,
-            "n_layers": len(self.weights_),
-        }, arrays
-
-    def _set_state(self, meta, arrays):
-        self.feature_names_in_ = meta["feature_names_in"]
-        self.tau_ = meta["tau"]
-        self.weights_ = _weights_from(arrays, meta["n_layers"])
-        self.surv_times_ = arrays["surv_times"]
-        self.cumhaz0_ = arrays["cumhaz0"]
 
 
 def interval_breaks(time, event, n_intervals: int) -> np.ndarray:
@@ -178,8 +177,10 @@ def interval_breaks(time, event, n_intervals: int) -> np.ndarray:
 
 
 @register
-class DiscreteTimeSurvival(SurvivalMixin, StateMixin, BaseEstimator):
+class DiscreteTimeSurvival(SurvivalMixin, _MLPState, BaseEstimator):
     """Discrete-time neural survival model (logistic hazard over intervals)."""
+
+    _saved_arrays = ("breaks",)
 
     def __init__(
         self,
@@ -252,20 +253,8 @@ class DiscreteTimeSurvival(SurvivalMixin, StateMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return -self.predict_expected_time(X)
 
-    def _get_state(self):
-        arrays = _weights_state(self.weights_)
-        arrays["breaks"] = self.breaks_
-        return {
-            "feature_names_in": self.feature_names_in_,
-            "tau": self.tau_,
-            "n_layers": len(self.weights_),
-        }, arrays
-
     def _set_state(self, meta, arrays):
-        self.feature_names_in_ = meta["feature_names_in"]
-        self.tau_ = meta["tau"]
-        self.weights_ = _weights_from(arrays, meta["n_layers"])
-        self.breaks_ = arrays["breaks"]
+        super()._set_state(meta, arrays)
         self.surv_times_ = self.breaks_[1:]
 
 
