@@ -12,7 +12,11 @@
    and scores it with ``hecktor evaluate``; the figures (mean per-case Dice GTVp, DSCagg,
    F1agg GTVn, false-positive components in the lesion-free cases) go into each model
    card under ``metrics.synthetic_test``;
-4. with ``--install``, copies the model folders into the package
+4. MMPL stages 2 and 3 (``train_outcome_heads.py --config configs/mmpl_outcome_demo.yaml``):
+   the HPV head, then the survival head, on the frozen ``mmpl_demo`` backbone (same
+   segmentation weights), scored on the validation fold and the test cohort; the card
+   gets ``heads`` (``--no-heads`` skips this step);
+5. with ``--install``, copies the model folders into the package
    (``src/napari_hecktor/resources/models/<name>``).
 
 Each model trains with ``torchrun --nproc_per_node 2`` (one single-threaded process per
@@ -40,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = {"mmpl_demo": HERE / "configs" / "mmpl_demo.yaml",
            "normresse_demo": HERE / "configs" / "normresse_demo.yaml"}
+#: Stages 2-3 (HPV and survival heads) on the stage-1 model of that name.
+HEAD_CONFIGS = {"mmpl_demo": HERE / "configs" / "mmpl_outcome_demo.yaml"}
 TRAIN_COHORT = {"n_cases": 64, "seed": 0, "n_empty": 16, "centers": 3}
 TEST_COHORT = {"n_cases": 20, "seed": 1000, "n_empty": 5, "centers": 3}
 
@@ -93,6 +99,26 @@ def train(name: str, workdir: Path, nproc: int) -> Path:
     if (out / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
     out.mkdir(parents=True, exist_ok=True)
+    run(cmd, out / "train.log")
+    return out / "model"
+
+
+def train_heads(name: str, model_dir: Path, workdir: Path) -> Path:
+    """MMPL stages 2-3 on the stage-1 folder ``model_dir``: a new folder with the heads.
+
+    Always rerun (a minute or two: the backbone is frozen), so the heads follow the
+    stage-1 folder and its card as they are now.
+    """
+    out = workdir / f"{name}_heads"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, str(HERE / "train_outcome_heads.py"), "--config",
+           str(HEAD_CONFIGS[name])]
+    for o in (f"model={model_dir}", f"data.dataset={workdir / 'train'}",
+              f"data.test_dataset={workdir / 'test'}", f"data.cache_dir={workdir / 'cache'}",
+              f"output.dir={out}"):
+        cmd += ["--set", o]
     run(cmd, out / "train.log")
     return out / "model"
 
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--nproc", type=int, default=2,
                         help="torchrun processes per model (default 2: one per core)")
+    parser.add_argument("--no-heads", action="store_true",
+                        help="skip MMPL stages 2-3 (HPV and survival heads)")
     parser.add_argument("--install", action="store_true",
                         help="copy the model folders into src/napari_hecktor/resources/models")
     args = parser.parse_args(argv)
@@ -200,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         figures = test_model(name, model_dir, workdir)
         update_card(model_dir, figures)
         summary[name] = figures
+        if name in HEAD_CONFIGS and not args.no_heads:
+            t = time.perf_counter()
+            model_dir = train_heads(name, model_dir, workdir)
+            heads = json.loads((model_dir / "model_card.json").read_text())["heads"]
+            summary[name]["heads"] = {h: v["metrics"] for h, v in heads.items()}
+            print(f"{name}: stages 2-3 in {(time.perf_counter() - t) / 60:.1f} min", flush=True)
         if args.install:
             print(f"installed {install(name, model_dir)}")
     total = (time.perf_counter() - t0) / 60
@@ -208,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: Dice GTVp {f['dice_gtvp_mean']:.3f} (mean per case), DSCagg GTVn "
               f"{f['dscagg_gtvn']:.3f}, F1agg GTVn {f['f1agg_gtvn']:.3f}, FP components in "
               f"{f['empty_cases']} lesion-free cases: {f['fp_components_in_empty_cases']}")
+        for head, key in (("hpv", "auc"), ("survival", "c_index")):
+            m = f.get("heads", {}).get(head, {})
+            print(f"  {head} head: " + ", ".join(f"{k} {key} {v[key]:.3f} (n={v['n']})"
+                                                 for k, v in m.items() if k != "train"))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -45,6 +45,10 @@ class ModelCard:
     )
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Outcome heads trained after segmentation (MMPL stages 2-3), e.g. ``{"hpv": {...},
+    #: "survival": {"intervals": [...], ...}}`` with how they were trained and their
+    #: metrics; empty for a segmentation-only model (and for cards written before it).
+    heads: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
     warning: str = ""
     format: int = CARD_FORMAT
