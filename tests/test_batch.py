@@ -150,7 +150,7 @@ def test_an_output_folder_inside_the_dataset_is_refused(cohort):
 def test_process_case_without_dask_writes_radiomics_and_pet_metrics(cohort, tmp_path):
     files = discover(cohort)[0]
     settings = RunSettings(device="cpu", crf=False, features=True,
-                           clinical=str(cohort / "clinical.csv"), torch_threads=1)
+                           clinical=str(cohort / "clinical.csv"))
     row = process_case(files, tmp_path, settings)
     assert row["status"] == "ok", row
     assert 0 <= row["hpv_probability"] <= 1
