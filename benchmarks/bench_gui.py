@@ -50,14 +50,17 @@ class Heartbeat:
         self.gaps.append((now, now - self.last, self.phase()))
         self.last = now
 
-    def worst_ms(self, until: float | None = None) -> float:
-        """The longest gap (ms) among the ticks up to ``until`` (default: all)."""
-        return 1000.0 * max((g for end, g, _ in self.gaps if until is None or end <= until),
-                            default=0.0)
+    def _between(self, since: float, until: float | None) -> list[tuple[float, str]]:
+        return [(g, p) for end, g, p in self.gaps
+                if end - g >= since and (until is None or end <= until)]
 
-    def worst_phase(self, until: float | None = None) -> str:
-        """The job status shown when the longest gap (up to ``until``) ended."""
-        gaps = [(g, p) for end, g, p in self.gaps if until is None or end <= until]
+    def worst_ms(self, since: float = 0.0, until: float | None = None) -> float:
+        """The longest gap (ms) that began after ``since`` and ended by ``until``."""
+        return 1000.0 * max((g for g, _ in self._between(since, until)), default=0.0)
+
+    def worst_phase(self, since: float = 0.0, until: float | None = None) -> str:
+        """The job status shown when that longest gap ended."""
+        gaps = self._between(since, until)
         return max(gaps)[1] if gaps else ""
 
     def stop(self) -> None:
@@ -91,12 +94,14 @@ def measure_widget(job_panel: Any, start: Callable[[], Any]) -> dict[str, Any]:
     start()
     wait_until(lambda: not job_panel.running)
     finished = time.perf_counter()
-    settle(200)
+    settle(1000)
     beat.stop()
     returned = job_panel.returned_at or finished
-    return {"stall_ms": beat.worst_ms(until=returned),
-            "stall_during": beat.worst_phase(until=returned),
-            "stall_with_display_ms": beat.worst_ms(until=finished + 0.1),
+    # gaps that began before the click belong to earlier work (e.g. the previous result's
+    # layers still being drawn), not to this job
+    return {"stall_ms": beat.worst_ms(since=t0, until=returned),
+            "stall_during": beat.worst_phase(since=t0, until=returned),
+            "stall_with_display_ms": beat.worst_ms(since=t0, until=finished + 0.1),
             "seconds": finished - t0}
 
 
