@@ -109,6 +109,20 @@ def test_class_balanced_bce_weight_is_n_negative_over_n_positive():
     assert per[y == 1].sum() == pytest.approx(per[y == 0].sum())
 
 
+def test_standardised_first_layer_gives_the_same_outputs_and_folds_back():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    x = 1.0 + 0.02 * torch.randn(8, 5)  # pooled features: small spread around the mean
+    mean, sd = x.mean(0), x.std(0)
+    before = layer(x)
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    toh.standardise_first_layer(layer, mean, sd)
+    torch.testing.assert_close(layer((x - mean) / sd), before)
+    toh.standardise_first_layer(layer, mean, sd, inverse=True)
+    torch.testing.assert_close(layer.weight, w)
+    torch.testing.assert_close(layer.bias, b)
+
+
 def test_metrics_are_auc_and_harrell_c_index():
     m = toh.hpv_metrics([0.9, 0.8, 0.3, 0.1, 0.5], [1, 1, 0, 0, float("nan")])
     assert m["auc"] == 1.0 and m["n"] == 4 and m["n_positive"] == 2

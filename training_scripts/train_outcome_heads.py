@@ -92,6 +92,7 @@ _STAGE_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],
     "weight_decay": 1.0e-4,
     "backbone_lr": None,      # fine-tuning only; null: lr
+    "init": "auto",           # auto: fresh head unless the card has it trained | reset | keep
 }
 
 #: Every key a config may set, with its default.
@@ -339,17 +340,24 @@ def _features(net: Any, cases: CaseSet, window: str, roi_size: Sequence[int], de
     return torch.stack([memo[str(p)] for p in cases.paths])
 
 
-def _head_output(net: Any, head: str, feats: Any) -> Any:
-    """HPV logits (B,) or conditional survival (B, K) from pooled features."""
+def _head_output(net: Any, head: str, feats: Any, norm: tuple[Any, Any] | None = None) -> Any:
+    """HPV logits (B,) or conditional survival (B, K) from pooled features.
+
+    ``norm`` (mean, sd): standardise the features first (while a head is being trained,
+    its first layer is in standardised coordinates; see :func:`standardise_first_layer`).
+    """
     import torch
 
+    if norm is not None:
+        feats = (feats - norm[0].to(feats)) / norm[1].to(feats)
     if head == "hpv":
         return net.hpv_head(feats)[:, 0]
     return torch.sigmoid(net.survival_head(feats))
 
 
 def predict(net: Any, head: str, cases: CaseSet, feats: Any | None, window: str,
-            roi_size: Sequence[int], device: Any) -> np.ndarray:
+            roi_size: Sequence[int], device: Any, norm: tuple[Any, Any] | None = None
+            ) -> np.ndarray:
     """HPV probability, or expected survival time (days), per case (eval mode)."""
     import torch
 
@@ -358,18 +366,39 @@ def predict(net: Any, head: str, cases: CaseSet, feats: Any | None, window: str,
     was = net.training
     net.eval()
     with torch.inference_mode():
-        out = _head_output(net, head, feats.to(device))
+        out = _head_output(net, head, feats.to(device), norm)
         value = torch.sigmoid(out) if head == "hpv" else net.expected_survival_time(out)
     net.train(was)
     return value.double().cpu().numpy()
 
 
 def score(net: Any, head: str, cases: CaseSet, feats: Any | None, window: str,
-          roi_size: Sequence[int], device: Any) -> dict[str, Any]:
-    pred = predict(net, head, cases, feats, window, roi_size, device)
+          roi_size: Sequence[int], device: Any, norm: tuple[Any, Any] | None = None
+          ) -> dict[str, Any]:
+    pred = predict(net, head, cases, feats, window, roi_size, device, norm)
     if head == "hpv":
         return hpv_metrics(pred, cases.hpv)
     return survival_metrics(pred, cases.time, cases.event)
+
+
+def standardise_first_layer(layer: Any, mean: Any, sd: Any, *, inverse: bool = False) -> None:
+    """Rewrite a Linear layer in place so that it gives the same output on standardised input.
+
+    Forward: ``W' = W * sd``, ``b' = b + W @ mean``, so ``W'(x - mean) / sd + b' = W x + b``;
+    ``inverse`` folds the standardisation back into the weights (``W = W' / sd``,
+    ``b = b' - W @ mean``): the saved head takes the raw pooled features, as
+    ``MMPLNet.forward_all`` feeds them.
+    """
+    import torch
+
+    mean, sd = mean.to(layer.weight), sd.to(layer.weight)
+    with torch.no_grad():
+        if inverse:
+            layer.weight.div_(sd)
+            layer.bias.sub_(layer.weight @ mean)
+        else:
+            layer.bias.add_(layer.weight @ mean)
+            layer.weight.mul_(sd)
 
 
 def labelled(cases: CaseSet, head: str) -> np.ndarray:
@@ -382,12 +411,19 @@ def labelled(cases: CaseSet, head: str) -> np.ndarray:
 def train_stage(net: Any, head: str, scfg: dict[str, Any], train: CaseSet,
                 evals: dict[str, CaseSet], *, window: str, roi_size: Sequence[int],
                 seed: int, device: Any, log: Callable[[str], None],
-                csv_rows: list[dict[str, Any]], memo: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+                csv_rows: list[dict[str, Any]], memo: dict[str, Any] | None = None,
+                reset: bool = True) -> dict[str, Any]:
     """Train one head (stage 2: ``hpv``, stage 3: ``survival``) in place; its summary.
 
     ``memo``: features of the current backbone by cache file (see :func:`_features`); cleared
-    when this stage fine-tunes the backbone.
+    when this stage fine-tunes the backbone. ``reset``: start the head from a fresh
+    (seeded) initialisation instead of its current weights.
+
+    The head trains on standardised features (the training cases' mean and standard
+    deviation at the start of the stage): the pooled features vary by a few per cent
+    around their means, too little for the head's default initialisation. The head's
+    first layer works in standardised coordinates while it trains and the standardisation
+    is folded back into it afterwards (exact), so the saved network is unchanged in form.
     """
     import torch
     import torch.nn.functional as F
@@ -441,10 +477,23 @@ def train_stage(net: Any, head: str, scfg: dict[str, Any], train: CaseSet,
         feats = _features(net, train, window, roi_size, device, memo).to(device)
         eval_feats = {k: _features(net, v, window, roi_size, device, memo)
                       for k, v in evals.items()}
+        raw = feats
     else:
         memo.clear()
+        raw = _features(net, train, window, roi_size, device)
         feats, eval_feats = None, {k: None for k in evals}
+    norm = (raw.mean(0).detach().cpu(), raw.std(0).clamp_min(1e-6).detach().cpu())
+    first = head_module[1]
     ts.seed_everything(ts.derived_seed(seed, stage))
+    if reset:  # fresh weights, in standardised coordinates
+        for layer in head_module:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+    else:
+        standardise_first_layer(first, *norm)
+    summary["init"] = "reset" if reset else "previous weights"
+    summary["input_standardisation"] = ("training-case mean/sd of the pooled features, "
+                                        "folded into the first linear layer after training")
     epochs, batch = int(scfg["epochs"]), max(1, int(scfg["batch_size"]))
     t0 = time.perf_counter()
     report_every = max(1, epochs // 10)
@@ -464,7 +513,7 @@ def train_stage(net: Any, head: str, scfg: dict[str, Any], train: CaseSet,
                 x = np.stack([window_of(segdata.load_cached(train.paths[i]), window, roi_size,
                                         net.size_multiple) for i in idx])
                 f = net.features(torch.from_numpy(x).to(device))
-            loss = loss_fn(_head_output(net, head, f), idx)
+            loss = loss_fn(_head_output(net, head, f, norm), idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -476,11 +525,13 @@ def train_stage(net: Any, head: str, scfg: dict[str, Any], train: CaseSet,
             for name, cases in evals.items():
                 if len(cases):
                     row[f"{name}_{key}"] = round(score(
-                        net, head, cases, eval_feats[name], window, roi_size, device)[key], 4)
+                        net, head, cases, eval_feats[name], window, roi_size, device,
+                        norm)[key], 4)
             log(f"stage {stage} ({head}) epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}"
                 + "".join(f", {k} {v}" for k, v in row.items() if k.endswith(key)))
         csv_rows.append(row)
     summary["train_seconds"] = round(time.perf_counter() - t0, 1)
+    standardise_first_layer(first, *norm, inverse=True)
     if not frozen:  # the features changed: recompute them for the final scores
         feats, eval_feats = None, {k: None for k in evals}
     metrics = {"train": score(net, head, train, feats, window, roi_size, device)}
@@ -513,12 +564,16 @@ def _set_intervals(net: Any, arch: str, intervals: Sequence[float] | None) -> An
     return new
 
 
-def run(cfg: dict[str, Any], *, command: str = "", log: Callable[[str], None] = print
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(cfg: dict[str, Any], *, command: str = "", log: Callable[[str], None] = _say
         ) -> Path:
     """Stages 2 and 3 as configured; returns the model folder written."""
     import torch
 
-    from napari_hecktor.models.card import load_model, save_model
+    from napari_hecktor.models.card import DEMO_WARNING, load_model, save_model
     from napari_hecktor.segment.preprocess import check_recipe
 
     t_start = time.perf_counter()
@@ -587,12 +642,18 @@ def run(cfg: dict[str, Any], *, command: str = "", log: Callable[[str], None] = 
             scfg = cfg[head]
             if not scfg.get("enabled", True):
                 continue
+            init = scfg.get("init", "auto")
+            if init not in ("auto", "reset", "keep"):
+                raise SystemExit(f"{head}.init must be auto, reset or keep, got {init!r}")
+            reset = init == "reset" or (init == "auto" and head not in (card.heads or {}))
             summary = train_stage(net, head, scfg, train, evals, window=window,
                                   roi_size=roi_size, seed=seed, device=device, log=log,
-                                  csv_rows=rows, memo=memo)
+                                  csv_rows=rows, memo=memo, reset=reset)
             summary["optimizer"] = {k: scfg[k] for k in (
                 "optimizer", "lr", "betas", "weight_decay", "backbone_lr")}
             summary.update({"epochs": int(scfg["epochs"]), "batch_size": int(scfg["batch_size"])})
+            if card.demo:
+                summary["warning"] = DEMO_WARNING
             heads[head] = ts.jsonable(summary)
             m = summary["metrics"]
             key = "auc" if head == "hpv" else "c_index"
