@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,21 @@ def test_write_cohort(tmp_path: Path) -> None:
         write_cohort(out, 2, seed=3, centers=2, n_empty=1)
     with pytest.raises(HecktorInputError):
         write_cohort(out, 1, seed=9, centers=1)
+
+
+def test_clinical_row_reads_one_patient_and_refuses_a_table_without_ids(tmp_path):
+    from napari_hecktor.data.clinical import clinical_row
+
+    table = tmp_path / "clinical.csv"
+    table.write_text("PatientID,Age,HPV Status\nCHUM-001,61,1\nCHUS-002,70,\n")
+    assert clinical_row(table, "CHUM-001") == {"PatientID": "CHUM-001", "Age": 61,
+                                                "HPV Status": 1.0}
+    assert clinical_row(table, "HGJ-404") == {}
+    table.write_text("PatientID,Age\nCHUM-001,62\n")  # edited: the cache must not hide it
+    os.utime(table, (time.time() + 5, time.time() + 5))
+    assert clinical_row(table, "CHUM-001")["Age"] == 62
+    (tmp_path / "noid.csv").write_text("Patient,Age\nCHUM-001,61\n")
+    with pytest.raises(HecktorInputError, match="no PatientID column"):
+        clinical_row(tmp_path / "noid.csv", "CHUM-001")
+    with pytest.raises(HecktorInputError, match="not found"):
+        clinical_row(tmp_path / "missing.csv", "CHUM-001")

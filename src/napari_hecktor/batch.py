@@ -28,10 +28,10 @@ import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .data.clinical import clinical_row
 from .errors import HecktorInputError
 from .io.dataset import CaseFiles, discover
 from .progress import Progress, run_to_end
@@ -153,24 +153,6 @@ def _limit_threads(threads: int | None) -> None:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-@lru_cache(maxsize=4)
-def _clinical_rows(path: str, mtime: float) -> dict[str, dict[str, Any]]:
-    import pandas as pd
-
-    frame = pd.read_csv(path, dtype={"PatientID": str})
-    if "PatientID" not in frame.columns:
-        raise HecktorInputError(f"the clinical table {path} has no PatientID column")
-    return {str(r["PatientID"]): r for r in frame.to_dict(orient="records")}
-
-
-def clinical_row(table: str | Path, case_id: str) -> dict[str, Any]:
-    """This patient's row of a clinical CSV (empty if the table has no such row)."""
-    path = Path(table)
-    if not path.is_file():
-        raise HecktorInputError(f"clinical table not found: {table}")
-    return dict(_clinical_rows(str(path.resolve()), path.stat().st_mtime).get(case_id, {}))
 
 
 def one_line(exc: BaseException) -> str:

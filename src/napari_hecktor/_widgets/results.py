@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -25,6 +24,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QTimer
 
+from ..data.clinical import clinical_row
 from ..features.pet_metrics import METRICS
 from ._common import JobPanel, MaskWidget, case_from_viewer, fill_table, preload
 
@@ -51,13 +51,11 @@ def _warm_radiomics_names() -> None:
         feature_names(pyradiomics_params(config, modality))
 
 
-def clinical_row(table: str | Path | None, case_id: str) -> dict[str, Any]:
-    """This patient's row of a clinical CSV (empty if there is no table or no such row)."""
+def clinical_row_or_empty(table: str | Path | None, case_id: str) -> dict[str, Any]:
+    """This patient's clinical row; {} when no table is chosen or the file is gone."""
     if not table or not Path(table).is_file():
         return {}
-    frame = pd.read_csv(table, dtype={"PatientID": str})
-    rows = frame[frame["PatientID"] == case_id] if "PatientID" in frame else frame.iloc[:0]
-    return {} if rows.empty else rows.iloc[0].to_dict()
+    return clinical_row(table, case_id)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -144,13 +142,14 @@ class ResultsWidget(MaskWidget):
         case = case_from_viewer(self.viewer)
         layer = self.viewer.layers[self.target.value]
         labels = np.array(layer.data, dtype=np.uint8)
-        row = clinical_row(self.clinical.value, case.case_id)
+        table = self.clinical.value
         model_dir = str(self.outcome_model.value or "")
 
         def job():
             features = yield from case_features_iter(case, labels, workers=2)
             prediction = {}
             if model_dir and Path(model_dir).is_dir():
+                row = clinical_row_or_empty(table, case.case_id)
                 prediction = predict_case({**row, **features}, model_dir)
             return features, prediction
 
