@@ -26,7 +26,7 @@ from napari_hecktor.features import (
 )
 from napari_hecktor.features.deep import deep_features, select_window
 from napari_hecktor.features.pet_metrics import sphere_kernel
-from napari_hecktor.features.radiomics import pyradiomics_params
+from napari_hecktor.features.radiomics import feature_names, pyradiomics_params, shutdown_pool
 from napari_hecktor.io.case import Case
 from napari_hecktor.io.geometry import Geometry
 from napari_hecktor.progress import Cancelled, run_to_end
@@ -160,9 +160,23 @@ def test_no_pet_gives_nan_pet_columns(params_file, serial):
 
 
 def test_parallel_equals_serial(params_file, serial):
+    # the pool splits each structure x modality by image type (and LoG sigma), computes
+    # shape on CT only, and takes the column names from the results: all to the bit
     parallel = radiomics_features(_synthetic_case(), params=params_file, workers=2)
     assert list(parallel) == list(serial)
     assert all(_same(parallel[k], serial[k]) for k in serial)
+    config = load_params(params_file)
+    for modality in ("CT", "PET"):
+        prefix = f"GTVp_{modality}_"
+        assert [k[len(prefix):] for k in serial if k.startswith(prefix)] == feature_names(
+            pyradiomics_params(config, modality))
+    # the pool is kept for the next call, and ended on request (and at exit)
+    children = {p.pid for p in multiprocessing.active_children()}
+    assert len(children) == 2
+    again = radiomics_features(_synthetic_case(), params=params_file, workers=2)
+    assert {p.pid for p in multiprocessing.active_children()} == children
+    assert all(_same(again[k], serial[k]) for k in serial)
+    shutdown_pool()
     assert not multiprocessing.active_children()
 
 

@@ -41,12 +41,15 @@ Parallelism and cancel
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import logging
 import math
+import multiprocessing
 import os
 import tempfile
+import threading
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -270,6 +273,13 @@ def _dummy_names(params: dict[str, Any]) -> list[str]:
     The ball (radius 6 voxels in a 20^3 image) is made at the resampled spacing, so that
     resampling leaves it as large: every usual filter (LoG up to sigma ~ 10 voxels) runs.
     """
+    image, mask = _dummy_ball(params)
+    result = _extractor(params).execute(image, mask, label=1)
+    return [k for k in result if not k.startswith("diagnostics_")]
+
+
+def _dummy_ball(params: dict[str, Any]) -> tuple[sitk.Image, sitk.Image]:
+    """A textured ball (radius 6 voxels in a 20^3 image) at the resampled spacing."""
     size, radius = 20, 6.0
     setting = params.get("setting") or {}
     scale = float(setting.get("binWidth") or 1.0)
@@ -280,8 +290,7 @@ def _dummy_names(params: dict[str, Any]) -> list[str]:
     mask = sitk.GetImageFromArray(((zz**2 + yy**2 + xx**2) <= radius**2).astype(np.uint8))
     for im in (image, mask):
         im.SetSpacing((spacing,) * 3)
-    result = _extractor(params).execute(image, mask, label=1)
-    return [k for k in result if not k.startswith("diagnostics_")]
+    return image, mask
 
 
 def feature_names(params: Mapping[str, Any]) -> list[str]:
@@ -314,16 +323,89 @@ def _load(obj: Any, geometry: dict[str, Any] | None) -> sitk.Image:
     return Geometry.from_dict(geometry).image_from_array(np.asarray(array))
 
 
-def _run_task(spec: dict[str, Any]) -> tuple[str, Any]:
-    """One structure x modality extraction, in a worker process or in this one.
+#: Feature classes computed from the mask alone (pyradiomics names them ``original_...``).
+SHAPE_CLASSES = ("shape", "shape2D")
+_SHAPE_PREFIXES = tuple(f"original_{c}_" for c in SHAPE_CLASSES)
 
-    Returns ``("ok", {name: value})``, or ``("refused", message)`` when pyradiomics
-    rejects the mask (its checks raise ``ValueError``: one voxel, too few dimensions).
+
+#: Rough relative cost of one image of a type (per voxel), to balance and order the jobs.
+_UNIT_COST = {"Wavelet": 8.0, "Original": 1.5}
+
+
+def _units(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The images pyradiomics derives with ``params``, in its order: one per image type,
+    one per LoG sigma, as (image type, its settings) pairs."""
+    units: list[tuple[str, dict[str, Any]]] = []
+    for image_type, custom in _extractor(params).enabledImagetypes.items():
+        custom = dict(custom or {})
+        sigmas = custom.get("sigma")
+        if image_type == "LoG" and isinstance(sigmas, list) and len(sigmas) > 1:
+            units.extend((image_type, {**custom, "sigma": [s]}) for s in sigmas)
+        else:
+            units.append((image_type, custom))
+    return units
+
+
+def _split(units: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
+    """``units`` cut once, where the two contiguous halves' costs are closest.
+
+    pyradiomics derives every image from the same resampled crop and computes each one
+    apart, so the halves' results, joined in this order, are one full extraction's (to
+    the bit: checked by the tests). Contiguous halves keep pyradiomics' feature order.
     """
+    if len(units) < 2:
+        return [units]
+    costs = [_UNIT_COST.get(t, 1.0) for t, _ in units]
+    cut = min(range(1, len(units)), key=lambda i: abs(sum(costs[:i]) - sum(costs[i:])))
+    return [units[:cut], units[cut:]]
+
+
+def _image_types(units: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Units back into a pyradiomics ``imageType`` mapping (LoG sigmas merged)."""
+    out: dict[str, Any] = {}
+    for image_type, custom in units:
+        if image_type in out and image_type == "LoG":
+            out[image_type]["sigma"] = [*out[image_type]["sigma"], *custom["sigma"]]
+        else:
+            out[image_type] = copy.deepcopy(custom)
+    return out
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def _task_extractor(spec: dict[str, Any]) -> Any:
+    """The extractor for a spec's parameters and parts, made once per process."""
+    key = json.dumps([spec["params"], spec.get("image_types"), spec.get("shape", True)],
+                     default=str)
+    if key not in _EXTRACTORS:
+        extractor = _extractor(spec["params"])
+        if spec.get("image_types") is not None:
+            extractor.disableAllImageTypes()
+            for name, custom in spec["image_types"].items():
+                extractor.enableImageTypeByName(name, customArgs=copy.deepcopy(custom))
+        if not spec.get("shape", True):
+            features = {k: v for k, v in extractor.enabledFeatures.items()
+                        if k not in SHAPE_CLASSES}
+            extractor.disableAllFeatures()
+            extractor.enableFeaturesByName(**features)
+        _EXTRACTORS[key] = extractor
+    return _EXTRACTORS[key]
+
+
+def _run_task(spec: dict[str, Any]) -> tuple[str, Any]:
+    """One extraction (structure x modality, or one part of it), in a worker or in this process.
+
+    ``spec["image_types"]``: only these image types (default all of the parameters');
+    ``spec["shape"]``: False leaves out the shape classes. Returns ``("ok", {name: value})``,
+    or ``("refused", message)`` when pyradiomics rejects the mask (its checks raise
+    ``ValueError``: one voxel, too few dimensions).
+    """
+    extractor = _task_extractor(spec)
     image = _load(spec["image"], spec.get("geometry"))
     mask = _load(spec["mask"], spec.get("geometry"))
     try:
-        result = _extractor(spec["params"]).execute(image, mask, label=spec["label"])
+        result = extractor.execute(image, mask, label=spec["label"])
     except ValueError as exc:
         return "refused", str(exc)
     return "ok", {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
@@ -381,44 +463,142 @@ def _radiomics_job(
     voxels = {s: int(counts[v]) if v is not None else int(counts[1] + counts[2])
               for s, v in STRUCTURES.items()}
     modality_params = {m: pyradiomics_params(config, m) for m in MODALITIES}
-    names_needed = [m for m in MODALITIES if _cache_key(modality_params[m]) not in _NAMES_CACHE]
-    jobs = [(s, m) for s in structures for m in MODALITIES
-            if voxels[s] > 0 and images[m] is not None]
+    pairs = [(s, m) for s in structures for m in MODALITIES
+             if voxels[s] > 0 and images[m] is not None]
+    units = {m: _units(modality_params[m]) for m in MODALITIES}
+    # shape depends on the mask alone, and CT and PET share mask and grid: shape once, on CT
+    share_shape = images["CT"] is not None
+    costs = {(s, m): voxels[s] * _scale(m) * sum(_UNIT_COST.get(t, 1.0) for t, _ in units[m])
+             for s, m in pairs}
+    # in a pool, a large structure x modality runs as two jobs (image types cut in two)
+    # so that the workers stay busy to the end; a small one as one job (each job pays
+    # pyradiomics' loading and resampling)
+    big = sum(costs.values()) * 0.12
+    parts = {}
+    jobs: list[tuple[tuple[str, str, int], dict[str, Any]]] = []
+    for s, m in pairs:
+        split = _split(units[m]) if workers > 1 and costs[(s, m)] > big else [units[m]]
+        parts[(s, m)] = split
+        for index, part in enumerate(split):
+            part_cost = sum(_UNIT_COST.get(t, 1.0) for t, _ in part)
+            jobs.append(((s, m, index),
+                         {"image_types": _image_types(part) if len(split) > 1 else None,
+                          "shape": m == "CT" or not share_shape,
+                          "cost": voxels[s] * _scale(m) * part_cost}))
+    jobs.sort(key=lambda job: -job[1]["cost"])  # largest first: no long job left for the end
     workers = max(1, min(workers, len(jobs)))
-    total = len(jobs) + len(names_needed)
-    yield Progress(0, total, f"radiomics: {len(jobs)} structure x modality job(s), "
-                             f"{workers} worker(s)")
+    total = len(jobs)
+    yield Progress(0, total, f"radiomics: {len(pairs)} structure x modality job(s) in "
+                             f"{total} part(s), {workers} worker(s)")
     runner = _Runner(workers)
-    results: dict[tuple[str, str], dict[str, float]] = {}
+    results: dict[tuple[str, str, int], tuple[str, Any]] = {}
     try:
-        runner.start([(job, _job_spec(job, images, labels, modality_params, runner))
-                      for job in jobs])
+        runner.start([(key, _job_spec(key[:2], images, labels, modality_params, runner, extra))
+                      for key, extra in jobs])
         done = 0
-        # the feature names come from pyradiomics here, while the workers start up
-        for m in names_needed:
-            feature_names(modality_params[m])
+        for key, outcome in runner.results():
+            results[key] = outcome
             done += 1
-            yield Progress(done, total, f"radiomics: {m} feature names")
-        for (s, m), (kind, value) in runner.results():
-            if kind == "refused":
-                log.warning("pyradiomics refused %s on %s (its features are NaN): %s", s, m, value)
-                value = {}
-            results[(s, m)] = value
-            done += 1
-            yield Progress(done, total, f"radiomics: {s} {m} done")
+            s, m, index = key
+            what = f"{s} {m}" if len(parts[(s, m)]) == 1 else f"{s} {m} part {index + 1}/2"
+            yield Progress(done, total, f"radiomics: {what} done")
     finally:
         runner.stop()
+    return _assemble(results, structures, parts, modality_params, share_shape)
 
+
+def _scale(modality: str) -> float:
+    return 2.0 if modality == "CT" else 1.0  # CT's bins span more grey levels
+
+
+def _assemble(
+    results: dict[tuple[str, str, int], tuple[str, Any]],
+    structures: tuple[str, ...],
+    parts: dict[tuple[str, str], list[Any]],
+    modality_params: dict[str, dict[str, Any]],
+    share_shape: bool,
+) -> dict[str, float]:
+    """The flat row: each structure x modality's parts joined, NaN where absent or refused."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    refused: set[tuple[str, str]] = set()
+    for (s, m, _index), (kind, value) in sorted(results.items(), key=lambda kv: kv[0]):
+        if kind == "refused":
+            if (s, m) not in refused:
+                log.warning("pyradiomics refused %s on %s (its features are NaN): %s",
+                            s, m, value)
+            refused.add((s, m))
+            continue
+        values.setdefault((s, m), {}).update(value)  # parts in order: pyradiomics' order
+    for key in refused:
+        values.pop(key, None)
+    if share_shape:  # PET's shape values are CT's (same mask, same grid)
+        for s in structures:
+            if (s, "PET") in values:
+                ct = values.get((s, "CT"))
+                if ct is None:  # cannot happen (same mask checks); be safe: no shape
+                    continue
+                shape = {n: x for n, x in ct.items() if n.startswith(_SHAPE_PREFIXES)}
+                values[(s, "PET")] = {**shape, **values[(s, "PET")]}
     row: dict[str, float] = {}
+    names = {m: _modality_names(m, values, structures, share_shape, modality_params[m])
+             for m in MODALITIES}
     for s in structures:
         for m in MODALITIES:
-            values = results.get((s, m), {})
+            v = values.get((s, m), {})
             prefix = f"{s}_{m}_"
-            for name in feature_names(modality_params[m]):
-                row[prefix + name] = values.get(name, math.nan)
-            for name, v in values.items():  # anything the reference run did not produce
-                row.setdefault(prefix + name, v)
+            for name in names[m]:
+                row[prefix + name] = v.get(name, math.nan)
+            for name, x in v.items():  # anything the reference names do not have
+                row.setdefault(prefix + name, x)
     return row
+
+
+def _modality_names(
+    modality: str,
+    values: dict[tuple[str, str], dict[str, float]],
+    structures: tuple[str, ...],
+    share_shape: bool,
+    params: dict[str, Any],
+) -> list[str]:
+    """The modality's column names, as :func:`feature_names` gives them.
+
+    Taken from this case's own results where one structure got every filtered image
+    that ``params`` asks for (pyradiomics names the same features on every image); else
+    (a filter skipped for every structure, or no structure) from :func:`feature_names`.
+    """
+    expected = _image_names(params)
+    for s in structures:
+        v = values.get((s, modality))
+        if not v or (modality == "PET" and share_shape and (s, "CT") not in values):
+            continue
+        got = {n.split("_", 1)[0] for n in v}
+        if all(name in got for name in expected):
+            return list(v)
+    return feature_names(params)
+
+
+_IMAGE_NAMES_CACHE: dict[str, list[str]] = {}
+
+
+def _image_names(params: dict[str, Any]) -> list[str]:
+    """Names of the images pyradiomics derives with ``params`` when no filter is skipped
+    (``original``, ``log-sigma-1-0-mm-3D``, ``wavelet-LLH``, ...): the filters alone, run on
+    :func:`_dummy_names`' ball, without the features."""
+    from radiomics import imageoperations
+
+    key = _cache_key(params)
+    if key not in _IMAGE_NAMES_CACHE:
+        extractor = _extractor(params)
+        image, mask = _dummy_ball(params)
+        settings = {**extractor.settings, "label": 1}
+        image, mask = extractor.loadImage(image, mask, None, **settings)
+        names = []
+        for image_type, custom in extractor.enabledImagetypes.items():
+            generate = getattr(imageoperations, f"get{image_type}Image")
+            names.extend(name for _, name, _ in generate(image, mask,
+                                                         **{**settings, **(custom or {})}))
+        _IMAGE_NAMES_CACHE[key] = names
+    return list(_IMAGE_NAMES_CACHE[key])
 
 
 def _job_spec(
@@ -427,12 +607,13 @@ def _job_spec(
     labels: sitk.Image,
     modality_params: dict[str, dict[str, Any]],
     runner: _Runner,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What one extraction needs: images here, or .npy files + geometry for a worker."""
     structure, modality = job
     value = STRUCTURES[structure]
     spec: dict[str, Any] = {"label": 1 if value is None else value,
-                            "params": modality_params[modality]}
+                            "params": modality_params[modality], **(extra or {})}
     if runner.folder is None:  # in this process: the images themselves
         spec["image"] = images[modality]
         spec["mask"] = structure_mask(labels, structure)[0]
@@ -447,8 +628,65 @@ def _job_spec(
     return spec
 
 
+# ----------------------------------------------------------------------------- the pool
+_POOL_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+_POOL_WORKERS = 0
+_ATEXIT_REGISTERED = False
+
+
+def _start_method() -> str:
+    """``fork`` from a single-threaded process (no start-up cost: the imports are there),
+    else ``forkserver`` (a clean server process, safe from a GUI thread), else ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    if ("fork" in methods and threading.active_count() == 1
+            and threading.current_thread() is threading.main_thread()):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """The module's worker pool with ``workers`` processes: kept between calls, made anew
+    when the number changes, after a Cancel, or when broken."""
+    global _POOL, _POOL_WORKERS, _ATEXIT_REGISTERED
+    with _POOL_LOCK:
+        if _POOL is not None and (_POOL_WORKERS != workers or getattr(_POOL, "_broken", False)):
+            _POOL.shutdown(wait=True, cancel_futures=True)
+            _POOL = None
+        if _POOL is None:
+            method = _start_method()
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload(["__main__", __name__])
+            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                        initializer=_init_worker)
+            _POOL_WORKERS = workers
+            if not _ATEXIT_REGISTERED:
+                atexit.register(shutdown_pool)
+                _ATEXIT_REGISTERED = True
+        return _POOL
+
+
+def _drop_pool(pool: ProcessPoolExecutor, futures: list[Future]) -> None:
+    """Forget ``pool`` (a Cancel or a dead worker) and end its processes now."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is pool:
+            _POOL = None
+    _terminate(pool, futures)
+
+
+def shutdown_pool() -> None:
+    """End the kept worker processes (at exit; or to free their memory now)."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Runner:
-    """Runs extraction specs here (one worker) or in a spawn process pool; Cancel-safe."""
+    """Runs extraction specs here (one worker) or in the module's pool; Cancel-safe."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -473,14 +711,17 @@ class _Runner:
         self._tasks = tasks
         if self.workers <= 1 or not tasks:
             return
-        import multiprocessing
-
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-        )
-        self._futures = {self._executor.submit(_run_task, spec): key for key, spec in tasks}
+        for attempt in (0, 1):
+            self._executor = _pool(self.workers)
+            try:
+                self._futures = {self._executor.submit(_run_task, spec): key
+                                 for key, spec in tasks}
+                return
+            except (BrokenProcessPool, RuntimeError):  # a dead pool: make a new one once
+                _drop_pool(self._executor, list(self._futures))
+                self._futures = {}
+                if attempt:
+                    raise
 
     def results(self) -> Generator[tuple[Any, tuple[str, Any]], None, None]:
         """(key, outcome) of every task, in the order they finish."""
@@ -504,14 +745,12 @@ class _Runner:
         self._finished = True
 
     def stop(self) -> None:
-        """Shut the pool down (at once, if not finished: Cancel) and remove the files."""
+        """Keep the pool if all went well; else (Cancel, error) end its workers now.
+        Remove the files."""
         try:
-            if self._executor is not None:
-                if self._finished:
-                    self._executor.shutdown(wait=True)
-                else:
-                    _terminate(self._executor, list(self._futures))
-                self._executor = None
+            if self._executor is not None and not self._finished:
+                _drop_pool(self._executor, list(self._futures))
+            self._executor = None
         finally:
             if self._tmp is not None:
                 self._tmp.cleanup()
