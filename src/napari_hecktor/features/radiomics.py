@@ -488,13 +488,17 @@ def _radiomics_job(
     jobs.sort(key=lambda job: -job[1]["cost"])  # largest first: no long job left for the end
     workers = max(1, min(workers, len(jobs)))
     total = len(jobs)
-    yield Progress(0, total, f"radiomics: {len(pairs)} structure x modality job(s) in "
-                             f"{total} part(s), {workers} worker(s)")
     runner = _Runner(workers)
     results: dict[tuple[str, str, int], tuple[str, Any]] = {}
     try:
+        # submitted before the first report: a caller's own work between the first and the
+        # next step (the PET metrics of case_features_iter) runs while the workers do
         runner.start([(key, _job_spec(key[:2], images, labels, modality_params, runner, extra))
                       for key, extra in jobs])
+        yield Progress(0, total, f"radiomics: {len(pairs)} structure x modality job(s) in "
+                                 f"{total} part(s), {workers} worker(s)")
+        for m in MODALITIES:  # needed at the end (column names): here, while workers run
+            _image_names(modality_params[m])
         done = 0
         for key, outcome in runner.results():
             results[key] = outcome

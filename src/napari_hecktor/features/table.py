@@ -81,7 +81,9 @@ def _case_job(
     device: Any,
 ) -> Generator[Progress, None, dict[str, Any]]:
     try:
-        first = next(radiomics_job)  # cheap: it says how many radiomics steps there are
+        # cheap: it says how many radiomics steps there are, and starts the worker
+        # processes on them, so that the PET metrics below run while they work
+        first = next(radiomics_job)
         total = 1 + first.total + (model is not None)
         row: dict[str, Any] = {"PatientID": case.case_id}
         row.update(pet_metrics(
