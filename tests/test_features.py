@@ -180,6 +180,21 @@ def test_parallel_equals_serial(params_file, serial):
     assert not multiprocessing.active_children()
 
 
+def test_parallel_from_a_thread_equals_serial(params_file, serial):
+    # from a thread (the GUI's case) the workers come from a forkserver, not a fork
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(row=radiomics_features(
+        _synthetic_case(), params=params_file, workers=2)))
+    thread.start()
+    thread.join()
+    assert list(out["row"]) == list(serial)
+    assert all(_same(out["row"][k], serial[k]) for k in serial)
+    shutdown_pool()
+    assert not multiprocessing.active_children()
+
+
 def _leftover_folders() -> set[str]:
     return set(glob.glob(str(Path(tempfile.gettempdir()) / "hecktor-radiomics-*")))
 

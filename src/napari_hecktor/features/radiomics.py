@@ -22,21 +22,38 @@ Empty and refused structures
     A structure with no voxel (or a modality that the case lacks) is not sent to
     pyradiomics: its columns are NaN. A structure that pyradiomics refuses (one voxel,
     or flat along two axes: pyradiomics raises ``ValueError``) gets NaN columns too, and a
-    warning in the log. The column set is the same for every case: it is computed once
-    per parameter set from pyradiomics itself on a small synthetic sphere (cached per
-    process, :func:`feature_names`); filter outputs that pyradiomics skips for a tiny
-    lesion (a LoG sigma too large for its box) are NaN.
+    warning in the log. The column set is the same for every case: pyradiomics' names
+    for the parameters when no filter is skipped (:func:`feature_names`). They are taken
+    from the case's own results when one structure got every filtered image the
+    parameters ask for (the image names come from running the filters alone on a small
+    synthetic ball, :func:`_image_names`); only otherwise is the full pyradiomics run on
+    that ball made (:func:`feature_names`, cached per process). Filter outputs that
+    pyradiomics skips for a tiny lesion (a LoG sigma too large for its box) are NaN.
+
+Work saved, values unchanged
+    Shape features depend on the mask alone, and CT and PET share mask and grid (PET is
+    on the CT grid; pyradiomics resamples both from the mask's geometry, the mask
+    nearest-neighbour): they are computed on CT only and copied to PET's columns.
 
 Parallelism and cancel
-    The structure x modality jobs run in ``workers`` processes (a
-    ``ProcessPoolExecutor`` with the *spawn* start method: safe from a GUI thread and
-    the same on every OS; each worker runs SimpleITK single-threaded). The arrays are
-    written once as ``.npy`` files in a temporary folder that the workers memory-map and
-    wrap back into SimpleITK images with the CT geometry. ``workers=1`` runs in this
-    process on the original images. :func:`radiomics_iter` yields after every finished
-    job; closing it (Cancel) cancels the pending jobs, terminates the workers and
-    removes the temporary folder. As with any spawned process, a script that calls this
-    with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+    The jobs run in ``workers`` processes of one module-level ``ProcessPoolExecutor``
+    that is kept between calls (ended at exit, :func:`shutdown_pool`; made anew after a
+    Cancel, a dead worker or another ``workers``). Its processes are forked when the
+    calling process has one thread (no start-up cost: the imports are inherited), else
+    started by a ``forkserver`` (a clean single-threaded server: safe from a GUI
+    thread); each runs SimpleITK single-threaded at niceness +10. A large structure x
+    modality runs as two jobs, its image types cut in two contiguous halves (pyradiomics
+    derives every image from the same resampled crop and computes each apart: the
+    halves joined are the full extraction, to the bit), and the jobs are submitted
+    largest first, so that the workers finish together. The arrays are written once as
+    ``.npy`` files in a temporary folder that the workers memory-map and wrap back into
+    SimpleITK images with the CT geometry. ``workers=1`` runs in this process on the
+    original images, one job per structure x modality. :func:`radiomics_iter` submits
+    the jobs before its first report and yields after every finished job; closing it
+    (Cancel) cancels the pending jobs, terminates the workers and removes the temporary
+    folder. As with spawned processes, a script that calls this with ``workers > 1``
+    from a thread other than the main one needs the ``if __name__ == "__main__":``
+    guard.
 """
 
 from __future__ import annotations
