@@ -353,8 +353,8 @@ def _units(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The images pyradiomics derives with ``params``, in its order: one per image type,
     one per LoG sigma, as (image type, its settings) pairs."""
     units: list[tuple[str, dict[str, Any]]] = []
-    for image_type, custom in _extractor(params).enabledImagetypes.items():
-        custom = dict(custom or {})
+    for image_type, custom in _base_extractor(params).enabledImagetypes.items():
+        custom = copy.deepcopy(dict(custom or {}))
         sigmas = custom.get("sigma")
         if image_type == "LoG" and isinstance(sigmas, list) and len(sigmas) > 1:
             units.extend((image_type, {**custom, "sigma": [s]}) for s in sigmas)
@@ -391,12 +391,21 @@ def _image_types(units: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 _EXTRACTORS: dict[str, Any] = {}
 
 
+def _base_extractor(params: dict[str, Any]) -> Any:
+    """The extractor for ``params``, made once per process (pyradiomics checks the
+    parameters: ~30 ms); never changed: copy it (its state is four plain containers)."""
+    key = _cache_key(params)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = _extractor(params)
+    return _EXTRACTORS[key]
+
+
 def _task_extractor(spec: dict[str, Any]) -> Any:
     """The extractor for a spec's parameters and parts, made once per process."""
-    key = json.dumps([spec["params"], spec.get("image_types"), spec.get("shape", True)],
-                     default=str)
+    key = json.dumps([_cache_key(spec["params"]), spec.get("image_types"),
+                      spec.get("shape", True)], default=str)
     if key not in _EXTRACTORS:
-        extractor = _extractor(spec["params"])
+        extractor = copy.deepcopy(_base_extractor(spec["params"]))
         if spec.get("image_types") is not None:
             extractor.disableAllImageTypes()
             for name, custom in spec["image_types"].items():
