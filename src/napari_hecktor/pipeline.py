@@ -8,6 +8,7 @@ and the batch runner give the same answer.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,12 @@ DEFAULT_MODEL = "mmpl_demo"
 
 
 def load_models(names: Sequence[str | Path] | None = None, device: str = "cpu") -> list[tuple]:
-    """Load one model or an ensemble (names of bundled models or model folders)."""
-    from .models.card import bundled_models, load_model
+    """Load one model or an ensemble (names of bundled models or model folders).
+
+    Loaded models are kept (keyed by folder, file times and device), so a second run in
+    the same process, or in a widget, does not read and build them again.
+    """
+    from .models.card import CARD_NAME, WEIGHTS_NAME, bundled_models, resolve_model_path
 
     if not names:
         if DEFAULT_MODEL not in bundled_models():
@@ -32,7 +37,37 @@ def load_models(names: Sequence[str | Path] | None = None, device: str = "cpu") 
                 "no model given and the default demo model is not installed; pass --model FOLDER"
             )
         names = [DEFAULT_MODEL]
-    return [load_model(name, device=device) for name in names]
+    models = []
+    for name in names:
+        folder = resolve_model_path(name)
+        stamps = tuple(_mtime(folder / f) for f in (CARD_NAME, WEIGHTS_NAME))
+        models.append(_load_model_cached(str(folder), stamps, str(device)))
+    return models
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else -1.0
+
+
+@lru_cache(maxsize=8)
+def _load_model_cached(folder: str, stamps: tuple[float, ...], device: str) -> tuple:
+    from .models.card import load_model
+
+    return load_model(folder, device=device)
+
+
+def warm_up(names: Sequence[str | Path] | None = None, device: str = "cpu") -> None:
+    """Load the models and run one tiny forward pass (first-call set-up of torch), so that
+    the first real job does not pay for it. Errors are left for the real job to report."""
+    import torch
+
+    try:
+        for model, card in load_models(names, device=device):
+            size = [int(getattr(model, "size_multiple", 16))] * 3
+            with torch.no_grad():
+                model(torch.zeros(1, len(card.input_channels), *size, device=device))
+    except Exception:
+        return
 
 
 def segment_case_iter(

@@ -8,6 +8,7 @@ values stale and, with auto-update on, recompute them after a pause.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +42,8 @@ def demo_outcome_dir() -> Path:
     return DEMO_MODEL_DIR
 
 
-def _warm_radiomics_names() -> None:
-    """Learn the default feature names now (pyradiomics on a tiny ball, C code holding the
-    GIL) rather than inside the first job, where it would stall the viewer."""
-    from ..features.radiomics import MODALITIES, feature_names, load_params, pyradiomics_params
-
-    config = load_params(None)
-    for modality in MODALITIES:
-        feature_names(pyradiomics_params(config, modality))
+#: Worker processes for radiomics in the viewer (kept between runs).
+RADIOMICS_WORKERS = 2
 
 
 def clinical_row_or_empty(table: str | Path | None, case_id: str) -> dict[str, Any]:
@@ -70,7 +65,10 @@ class ResultsWidget(MaskWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         preload("radiomics.featureextractor", "napari_hecktor.features.table",
                 "napari_hecktor.outcome.train")
-        _warm_radiomics_names()
+        from ..features.radiomics import warm_pool
+
+        # the radiomics worker processes start now, in the background, not in the first job
+        threading.Thread(target=warm_pool, args=(RADIOMICS_WORKERS,), daemon=True).start()
         self.viewer = viewer
         self.target = ComboBox(label="Mask", choices=self._mask_choices)
         self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")
@@ -146,7 +144,7 @@ class ResultsWidget(MaskWidget):
         model_dir = str(self.outcome_model.value or "")
 
         def job():
-            features = yield from case_features_iter(case, labels, workers=2)
+            features = yield from case_features_iter(case, labels, workers=RADIOMICS_WORKERS)
             prediction = {}
             if model_dir and Path(model_dir).is_dir():
                 row = clinical_row_or_empty(table, case.case_id)

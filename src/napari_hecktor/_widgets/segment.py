@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, Select
@@ -10,7 +11,7 @@ from ..display import labels_layer
 from ..errors import HecktorInputError
 from ..io.case import Case
 from ..models.card import bundled_models, models_in
-from ..pipeline import DEFAULT_MODEL, segment_case_iter
+from ..pipeline import DEFAULT_MODEL, segment_case_iter, warm_up
 from ._common import (
     JobPanel,
     case_from_viewer,
@@ -85,6 +86,17 @@ class SegmentWidget(Container):
         self.models.changed.connect(self.use_model_thresholds)
         self.folder.changed.connect(self.use_model_thresholds)
         self.use_model_thresholds()
+        # load the chosen models and set torch up now, in the background, not in the first job
+        threading.Thread(target=warm_up, args=(self.model_names(), self._device()),
+                         daemon=True).start()
+
+    def _device(self) -> str:
+        from ..segment.inference import resolve_device
+
+        try:
+            return str(resolve_device(self.device.value))
+        except HecktorInputError:  # e.g. cuda asked for, none here: said when Segment runs
+            return "cpu"
 
     def use_model_thresholds(self, *_: Any) -> None:
         """Show the first chosen model's tuned thresholds (from its card); the user may edit."""

@@ -706,6 +706,24 @@ def _drop_pool(pool: ProcessPoolExecutor, futures: list[Future]) -> None:
     _terminate(pool, futures)
 
 
+def _pause(seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def warm_pool(workers: int | None = None) -> None:
+    """Start the kept worker processes now (e.g. when a widget opens) so the first
+    extraction does not wait for them; returns when they are up."""
+    workers = workers or default_workers()
+    if workers <= 1:
+        return
+    pool = _pool(workers)
+    for future in [pool.submit(_pause, 0.2) for _ in range(workers)]:
+        future.result()
+
+
 def shutdown_pool() -> None:
     """End the kept worker processes (at exit; or to free their memory now)."""
     global _POOL
