@@ -38,7 +38,8 @@ def read_case(path: str | list[str]) -> list[tuple]:
     if len(all_cases) > 1:
         ids = [c.case_id for c in all_cases]
         for _, kwargs, _ in layers:
-            kwargs["metadata"]["hecktor"]["dataset"] = {"root": str(p), "case_ids": ids}
+            kwargs["metadata"]["hecktor"]["dataset"] = {"root": str(p), "case_ids": ids,
+                                                        "cases": list(all_cases)}
     return layers
 
 

@@ -121,26 +121,13 @@ def read_done(folder: Path) -> dict[str, Any] | None:
     return done
 
 
-_MODEL_CACHE: dict[tuple, tuple[list, str]] = {}
-
-
 def _models_for(settings: RunSettings) -> tuple[list, str]:
-    """The segmentation models and device, loaded once per process (and per weights file)."""
-    from .models.card import WEIGHTS_NAME, resolve_model_path
-    from .pipeline import DEFAULT_MODEL, load_models
+    """The segmentation models and device (``load_models`` keeps them per process)."""
+    from .pipeline import load_models
     from .segment.inference import resolve_device
 
     device = str(resolve_device(settings.device))
-    names = settings.models or (DEFAULT_MODEL,)
-    stamps = []
-    for name in names:
-        weights = resolve_model_path(name) / WEIGHTS_NAME
-        stamps.append((str(weights), weights.stat().st_mtime if weights.exists() else 0.0))
-    key = (tuple(stamps), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()  # one model set per worker: free the old one
-        _MODEL_CACHE[key] = (load_models(list(names), device=device), device)
-    return _MODEL_CACHE[key]
+    return load_models(list(settings.models) or None, device=device), device
 
 
 def _limit_threads(threads: int | None) -> None:
@@ -305,15 +292,10 @@ def _predict(case_id: str, features: Mapping[str, Any],
     clinical = clinical_row(settings.clinical, case_id)
     if not clinical:
         return {}, "outcome not predicted: no row for this PatientID in the clinical table"
-    model_dir = settings.outcome_model or str(default_outcome_model())
-    return predict_case({**clinical, **features}, model_dir), ""
-
-
-def default_outcome_model() -> Path:
-    """The bundled demo outcome model (synthetic, not for clinical use)."""
     from .outcome.demo import DEMO_MODEL_DIR
 
-    return DEMO_MODEL_DIR
+    model_dir = settings.outcome_model or str(DEMO_MODEL_DIR)
+    return predict_case({**clinical, **features}, model_dir), ""
 
 
 # ----------------------------------------------------------------------------- the cohort

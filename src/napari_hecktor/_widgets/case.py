@@ -192,7 +192,7 @@ class CaseWidget(Container):
         for layer in layers_with_role(self.viewer, "ct"):
             dataset = layer.metadata["hecktor"].get("dataset")
             if dataset:
-                self._set_cases(discover(Path(dataset["root"])))
+                self._set_cases(dataset.get("cases") or discover(Path(dataset["root"])))
                 self._set_patient(layer.metadata["hecktor"]["case_id"])
                 self._update_buttons()
                 return

@@ -27,6 +27,7 @@ from qtpy.QtCore import QTimer
 
 from ..data.clinical import clinical_row
 from ..features.pet_metrics import METRICS
+from ..outcome.demo import DEMO_MODEL_DIR
 from ._common import JobPanel, MaskWidget, case_from_viewer, fill_table, preload
 
 if TYPE_CHECKING:
@@ -34,12 +35,6 @@ if TYPE_CHECKING:
 
 STRUCTURES = ("GTVp", "GTVn", "GTVall")
 AUTO_UPDATE_MS = 2000
-
-
-def demo_outcome_dir() -> Path:
-    from ..outcome.demo import DEMO_MODEL_DIR
-
-    return DEMO_MODEL_DIR
 
 
 #: Worker processes for radiomics in the viewer (kept between runs).
@@ -73,7 +68,7 @@ class ResultsWidget(MaskWidget):
         self.target = ComboBox(label="Mask", choices=self._mask_choices)
         self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")
         self.outcome_model = FileEdit(label="Outcome model", mode="d",
-                                      value=str(demo_outcome_dir()))
+                                      value=str(DEMO_MODEL_DIR))
         self.auto = CheckBox(label="Recompute after edits", value=True)
         self.job = JobPanel("Compute")
         self.stale = Label(value="not computed")
