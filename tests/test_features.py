@@ -400,3 +400,32 @@ def test_case_row_and_csv(params_file, serial, tmp_path):
     with pytest.raises(HecktorInputError, match=r"\.csv"):
         write_features_csv([row], tmp_path / "features.nii.gz")
     assert not list(tmp_path.glob(".hecktor-*"))
+
+
+def test_extractor_bins_each_derived_image_once(monkeypatch):
+    """pyradiomics bins an image once per feature class; ours once per image, same values."""
+    from radiomics import featureextractor, imageoperations
+
+    from napari_hecktor.features.radiomics import _extractor
+
+    calls = []
+    original = imageoperations.binImage
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(imageoperations, "binImage", counting)
+    case = _synthetic_case()
+    plain = {k: v for k, v in FAST_PARAMS.items() if k != "modalities"}
+    params = {**plain, "setting": {**plain["setting"], "binWidth": 25}}
+    direct = featureextractor.RadiomicsFeatureExtractor(params).execute(case.ct, case.label)
+    direct_calls, calls[:] = len(calls), []
+    ours = _extractor(params).execute(case.ct, case.label)
+    derived = {k.split("_")[0] for k in direct
+               if not k.startswith(("diagnostics", "original_shape"))}
+    images = len(derived)
+    assert direct_calls > images and len(calls) == images
+    assert list(ours) == list(direct)
+    assert all(_same(float(ours[k]), float(direct[k])) for k in direct
+               if not k.startswith("diagnostics"))

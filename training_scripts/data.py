@@ -22,7 +22,8 @@ Pieces, in the order the training script uses them:
 * :func:`roi_dataset` - a ``monai.data.CacheDataset`` over the cached ROIs (kept in memory
   for the run) followed by MONAI's random crops (``RandCropByLabelClassesd``: background,
   GTVp and GTVn centred crops in configurable ratios, so that small nodes are not
-  outnumbered by the large primaries), ``RandFlipd``, ``RandRotate90d``, ``RandRotated``
+  outnumbered by the large primaries; optionally a fourth class, physiological uptake, for
+  hard-negative crops: :class:`HotSpotLabeld`), ``RandFlipd``, ``RandRotate90d``, ``RandRotated``
   and an intensity jitter; the label ends as two binary channels (GTVp, GTVn).
 """
 
@@ -366,6 +367,42 @@ class LabelToChannelsd(_transform_base()):
         return out
 
 
+class HotSpotLabeld(_transform_base()):
+    """Adds ``crop_label``: ``label`` plus class 3 at hot spots outside the lesions.
+
+    A hot spot is a connected region of normalised PET above ``pet_z`` (z-score over the
+    body, channel 0 of ``image``) that is not lesion: brain, tonsils, salivary glands, the
+    physiological uptake behind most false positives. ``RandCropByLabelClassesd`` picks a
+    crop centre uniformly among a class's voxels, so each region marks the same number of
+    voxels (``per_region``, its hottest ones): a small tonsil is drawn as often as the
+    brain. Deterministic, so ``CacheDataset`` computes it once per case.
+    """
+
+    def __init__(self, pet_z: float = 2.0, per_region: int = 64, min_voxels: int = 8) -> None:
+        self.pet_z, self.per_region = float(pet_z), int(per_region)
+        self.min_voxels = int(min_voxels)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from scipy import ndimage
+
+        label = np.asarray(data["label"])[0]
+        pet = np.asarray(data["image"])[0]
+        regions, n = ndimage.label((pet > self.pet_z) & (label == 0))
+        crop_label = label.astype(np.uint8).copy()
+        for index, region in enumerate(ndimage.find_objects(regions), start=1):
+            inside = regions[region] == index
+            if inside.sum() < self.min_voxels:
+                continue
+            values = np.where(inside, pet[region], -np.inf).ravel()
+            hottest = np.argsort(values)[::-1][: min(self.per_region, int(inside.sum()))]
+            view = crop_label[region].reshape(-1)  # a copy for non-contiguous slices
+            view[hottest] = 3
+            crop_label[region] = view.reshape(inside.shape)
+        out = dict(data)
+        out["crop_label"] = crop_label[None]
+        return out
+
+
 class DropKeysd(_transform_base()):
     """Keep only ``keys`` (collation then sees tensors and strings only)."""
 
@@ -380,7 +417,9 @@ def train_transforms(aug: dict[str, Any]) -> list[Any]:
     """The random part of the training pipeline (configured by the ``augment`` section).
 
     Spatial axes are numbered in array order (0 = z, 1 = y, 2 = x). Keys of ``aug``:
-    ``crop_size`` [z, y, x]; ``crops_per_case``; ``crop_ratios`` [background, GTVp, GTVn];
+    ``crop_size`` [z, y, x]; ``crops_per_case``; ``crop_ratios`` [background, GTVp, GTVn]
+    or [background, GTVp, GTVn, hot spot] (then ``hot_spot_pet_z`` sets the PET z-score of
+    a hot spot, see :class:`HotSpotLabeld`, which must run before these transforms);
     ``flip_axes`` and ``flip_prob``; ``rotate90_axes`` (one plane, e.g. [1, 2]) and
     ``rotate90_prob``; ``rotate_deg`` [about z, y, x] and ``rotate_prob``;
     ``intensity_scale``, ``intensity_shift`` and ``intensity_prob``.
@@ -395,10 +434,13 @@ def train_transforms(aug: dict[str, Any]) -> list[Any]:
     )
 
     keys = ["image", "label"]
+    ratios = list(aug.get("crop_ratios", [1, 1, 1]))
+    if len(ratios) not in (3, 4):
+        raise ValueError(f"augment.crop_ratios needs 3 or 4 values, got {ratios}")
     out: list[Any] = [
         RandCropByLabelClassesd(
-            keys=keys, label_key="label", spatial_size=list(aug["crop_size"]),
-            ratios=list(aug.get("crop_ratios", [1, 1, 1])), num_classes=3,
+            keys=keys, label_key="label" if len(ratios) == 3 else "crop_label",
+            spatial_size=list(aug["crop_size"]), ratios=ratios, num_classes=len(ratios),
             num_samples=int(aug.get("crops_per_case", 1)), allow_smaller=True, warn=False,
         )
     ]
@@ -442,6 +484,8 @@ def roi_dataset(cache_paths: Sequence[Path], records: Sequence[dict[str, Any]],
              for p, r in zip(cache_paths, records, strict=True)]
     chain: list[Any] = [LoadCachedROId()]
     if aug is not None:
+        if len(aug.get("crop_ratios", [1, 1, 1])) == 4:
+            chain.append(HotSpotLabeld(pet_z=float(aug.get("hot_spot_pet_z", 2.0))))
         chain += train_transforms(aug)
     chain += [EnsureTyped(keys=["image", "label"], track_meta=False), LabelToChannelsd(),
               DropKeysd(["image", "label", "case_id"])]

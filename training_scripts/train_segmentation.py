@@ -81,7 +81,8 @@ DEFAULTS: dict[str, Any] = {
     "augment": {
         "crop_size": [128, 128, 128],   # z, y, x voxels
         "crops_per_case": 1,
-        "crop_ratios": [1, 1, 1],       # background, GTVp, GTVn crop centres
+        "crop_ratios": [1, 1, 1],       # background, GTVp, GTVn [, hot spot] crop centres
+        "hot_spot_pet_z": 2.0,          # 4th ratio: non-lesion PET above this z-score
         "flip_axes": [0, 1, 2],         # array axes (0 z, 1 y, 2 x)
         "flip_prob": 0.5,
         "rotate90_axes": [1, 2],

@@ -34,6 +34,9 @@ Work saved, values unchanged
     Shape features depend on the mask alone, and CT and PET share mask and grid (PET is
     on the CT grid; pyradiomics resamples both from the mask's geometry, the mask
     nearest-neighbour): they are computed on CT only and copied to PET's columns.
+    pyradiomics discretises each (filtered) image once per feature class, six times the
+    same (``RadiomicsFeaturesBase._applyBinning``: same image, mask and bin settings):
+    our extractor bins it once and hands the later classes a copy (:func:`_bin_once`).
 
 Parallelism and cancel
     The jobs run in ``workers`` processes of one module-level ``ProcessPoolExecutor``
@@ -193,13 +196,73 @@ class _DropSumAverageNote(logging.Filter):
 
 
 def _extractor(params: dict[str, Any]) -> Any:
-    from radiomics import featureextractor
-
     glcm_log = logging.getLogger("radiomics.glcm")
     if not any(isinstance(f, _DropSumAverageNote) for f in glcm_log.filters):
         glcm_log.addFilter(_DropSumAverageNote())
     # pyradiomics may normalise the dict it is given: hand it a copy
-    return featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(params))
+    return _extractor_class()(copy.deepcopy(params))
+
+
+# One image's discretisation, shared by the feature classes of one ``computeFeatures`` call:
+# the thread's list of (image, mask, bin settings, binned image, grey levels, Ng), or None
+# outside such a call (then pyradiomics bins as usual).
+_BINNED = threading.local()
+_EXTRACTOR_CLASS: type | None = None
+
+
+def _bin_settings(settings: Mapping[str, Any]) -> tuple[Any, Any]:
+    # pyradiomics' getBinEdges reads these two settings only
+    return settings.get("binWidth", 25), settings.get("binCount")
+
+
+def _bin_once(original: Any) -> Any:
+    """``RadiomicsFeaturesBase._applyBinning`` that reuses an identical earlier binning.
+
+    Reused only inside our extractor's ``computeFeatures`` and only when image, mask and
+    bin settings are equal (compared, not assumed), so the values are pyradiomics' own.
+    """
+
+    def apply_binning(self: Any, matrix: np.ndarray) -> np.ndarray:
+        entries = getattr(_BINNED, "entries", None)
+        if entries is None:
+            return original(self, matrix)
+        key = _bin_settings(self.settings)
+        for image, mask, bins, binned, grey_levels, ng in entries:
+            if (bins == key and np.array_equal(image, matrix)
+                    and np.array_equal(mask, self.maskArray)):
+                self.coefficients["grayLevels"] = grey_levels.copy()
+                self.coefficients["Ng"] = ng
+                return binned.copy()
+        image = matrix.copy()  # some classes bin a copy, others their own array
+        binned = original(self, matrix)
+        entries.append((image, self.maskArray.copy(), key, binned.copy(),
+                        self.coefficients["grayLevels"].copy(), self.coefficients["Ng"]))
+        return binned
+
+    apply_binning.__wrapped__ = original  # type: ignore[attr-defined]
+    return apply_binning
+
+
+def _extractor_class() -> type:
+    """pyradiomics' extractor, binning each derived image once (see :func:`_bin_once`)."""
+    global _EXTRACTOR_CLASS
+    if _EXTRACTOR_CLASS is None:
+        from radiomics import base, featureextractor
+
+        if not hasattr(base.RadiomicsFeaturesBase._applyBinning, "__wrapped__"):
+            base.RadiomicsFeaturesBase._applyBinning = _bin_once(
+                base.RadiomicsFeaturesBase._applyBinning)
+
+        class BinOnceExtractor(featureextractor.RadiomicsFeatureExtractor):
+            def computeFeatures(self, image, mask, imageTypeName, **kwargs):
+                _BINNED.entries = []
+                try:
+                    return super().computeFeatures(image, mask, imageTypeName, **kwargs)
+                finally:
+                    _BINNED.entries = None
+
+        _EXTRACTOR_CLASS = BinOnceExtractor
+    return _EXTRACTOR_CLASS
 
 
 # ----------------------------------------------------------------------------- inputs
