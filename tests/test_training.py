@@ -226,3 +226,29 @@ def test_torchrun_two_processes_writes_a_model_that_hecktor_segment_uses(cohort,
     assert first.GetSize() == ct.GetSize()  # on the CT grid
     assert set(np.unique(sitk.GetArrayFromImage(first))) <= {0, 1, 2}
     assert read_card(run / "model").name == "tiny-test"
+
+
+def test_hot_spot_crops_centre_on_physiological_uptake_not_lesions():
+    """The fourth crop class marks the hottest voxels of each hot non-lesion region."""
+    pet = np.zeros((30, 30, 30), np.float32)
+    pet[2:6, 2:6, 2:6] = 5.0              # a small hot spot: physiological uptake
+    pet[10:28, 10:28, 10:28] = 3.0        # a large hot region (brain-like)
+    pet[12, 12, 12] = 4.0                 # its hottest voxel
+    pet[20:24, 2:6, 2:6] = 6.0            # a lesion: never a hot-spot centre
+    label = np.zeros((1, 30, 30, 30), np.uint8)
+    label[0, 20:24, 2:6, 2:6] = 1
+    data = {"image": np.stack([pet, np.zeros_like(pet)]), "label": label}
+    out = segdata.HotSpotLabeld(pet_z=2.0, per_region=16)(data)
+    crop = out["crop_label"][0]
+    assert np.array_equal(crop[crop < 3], label[0][crop < 3])  # lesions untouched
+    assert (crop[20:24, 2:6, 2:6] == 1).all()
+    small, large = crop[2:6, 2:6, 2:6] == 3, crop[10:28, 10:28, 10:28] == 3
+    assert small.sum() == 16 and large.sum() == 16   # each region weighs the same
+    assert crop[12, 12, 12] == 3                      # the hottest voxels are chosen
+    transforms = segdata.train_transforms({"crop_size": [8, 8, 8], "crop_ratios": [0, 0, 0, 1],
+                                           "crops_per_case": 4})
+    from monai.transforms import Compose
+
+    crops = Compose(transforms).set_random_state(seed=0)(out)
+    assert all(float(c["image"][0].max()) >= 3.0 for c in crops)  # centred on uptake
+    assert all(float(c["label"].max()) == 0 for c in crops)
