@@ -132,6 +132,7 @@ def main() -> int:
     import napari
 
     from napari_hecktor._widgets._common import case_from_viewer
+    from napari_hecktor._widgets.results import km_plot_png
     from napari_hecktor.features.table import case_features
     from napari_hecktor.outcome.train import predict_case
     from napari_hecktor.pipeline import segment_case_iter
@@ -170,8 +171,11 @@ def main() -> int:
 
     def blocking_results() -> None:
         features = case_features(case, labels, workers=2)
-        prediction = predict_case(dict(features), model_dir) if Path(model_dir).is_dir() else {}
-        results.display_result((features, prediction))
+        prediction, plot = {}, b""
+        if Path(model_dir).is_dir():
+            prediction = predict_case(dict(features), model_dir)
+            plot = km_plot_png(model_dir, prediction.get("risk_group"))
+        results.display_result((features, prediction, plot))
 
     p_stall, p_sec = measure_blocking(blocking_segment)
     figures["segment"].update(peer_stall_ms=p_stall, peer_seconds=p_sec)

@@ -181,15 +181,18 @@ def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
     beat = Heartbeat()
     results.run()
     qtbot.waitUntil(lambda: not results.job.running, timeout=300_000)
-    worst_stall = beat.stop(until=results.job.returned_at)
+    worst_stall = beat.stop(until=results.job.shown_at)  # showing the result included
     assert results.stale.value == "up to date", results.job.status.value
     volume = float((np.asarray(truth.data) == 1).sum()) * geometry.voxel_volume_ml
     assert float(results.structures.data[0][0]) == pytest.approx(volume, abs=0.01)
     results.filter.value = "GTVp_PET_original_firstorder_Maximum"
-    rows = results.radiomics.value["data"]
+    rows = results.radiomics.rows
     assert [row[0] for row in rows] == ["GTVp_PET_original_firstorder_Maximum"]
+    assert results.radiomics.model.rowCount() == 1
     if results.prediction:
         assert "not for clinical use" in results.provenance.value
+        assert not results.plot.pixmap().isNull()  # the Kaplan-Meier plot
+        assert results.plot.pixmap().width() >= 300
     exported = results.export(tmp_path / "results.csv")
     assert "GTVp_SUVpeak" in exported.read_text().splitlines()[0]
     # the radiomics workers run niced: even on a busy 2-core machine the GUI gets the CPU

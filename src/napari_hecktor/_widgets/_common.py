@@ -49,6 +49,50 @@ def fill_table(table: Any, rows: list, columns: list[str], index: list | None = 
     table.value = pd.DataFrame(rows, columns=columns, index=index)
 
 
+class RowsTable:
+    """A read-only table for many rows (Qt model/view): filling it costs the same for 10 or
+    10,000 rows, because only the rows in view are drawn. ``native`` is the QTableView."""
+
+    def __init__(self, columns: list[str]) -> None:
+        from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+        from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableView
+
+        table = self
+
+        class _Model(QAbstractTableModel):
+            def rowCount(self, parent=QModelIndex()):  # noqa: B008
+                return 0 if parent.isValid() else len(table.rows)
+
+            def columnCount(self, parent=QModelIndex()):  # noqa: B008
+                return 0 if parent.isValid() else len(table.columns)
+
+            def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+                if role == Qt.ItemDataRole.DisplayRole and index.isValid():
+                    return str(table.rows[index.row()][index.column()])
+                return None
+
+            def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+                if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+                    return table.columns[section]
+                return None
+
+        self.columns = list(columns)
+        self.rows: list[list[Any]] = []
+        self.model = _Model()
+        self.native = QTableView()
+        self.native.setModel(self.model)
+        self.native.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.native.verticalHeader().setVisible(False)
+        self.native.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.native.setMinimumHeight(160)
+
+    def set_rows(self, rows: list[Any]) -> None:
+        """Show ``rows`` (sequences, one value per column; kept, not copied)."""
+        self.model.beginResetModel()
+        self.rows = rows
+        self.model.endResetModel()
+
+
 def mask_layer_names(viewer: napari.viewer.Viewer) -> list[str]:
     """Names of the GTVp/GTVn masks a widget can work on: predictions, then ground truth."""
     masks = layers_with_role(viewer, "prediction") + layers_with_role(viewer, "label")
@@ -187,7 +231,8 @@ class JobPanel(Container):
             labels=False,
         )
         self.worker = None
-        self.returned_at: float | None = None
+        self.returned_at: float | None = None  # the result arrived on the GUI thread
+        self.shown_at: float | None = None  # ... and on_done had shown it
         self.cancel_button.changed.connect(self.cancel)
 
     @property
@@ -206,19 +251,23 @@ class JobPanel(Container):
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._mark_returned)
         worker.returned.connect(on_done)
+        worker.returned.connect(self._mark_shown)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
-        self.returned_at = None
+        self.returned_at = self.shown_at = None
         self.status.value = "starting..."
         worker.start()
         return worker
 
     def _mark_returned(self, *_: Any) -> None:
         self.returned_at = time.perf_counter()
+
+    def _mark_shown(self, *_: Any) -> None:
+        self.shown_at = time.perf_counter()
 
     def cancel(self, *_: Any) -> None:
         if self.worker is not None:

@@ -24,11 +24,13 @@ from magicgui.widgets import (
     Table,
 )
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QPixmap
+from qtpy.QtWidgets import QLabel
 
 from ..data.clinical import clinical_row
 from ..features.pet_metrics import METRICS
 from ..outcome.demo import DEMO_MODEL_DIR
-from ._common import JobPanel, MaskWidget, case_from_viewer, fill_table, preload
+from ._common import JobPanel, MaskWidget, RowsTable, case_from_viewer, fill_table, preload
 
 if TYPE_CHECKING:
     import napari
@@ -46,6 +48,20 @@ def clinical_row_or_empty(table: str | Path | None, case_id: str) -> dict[str, A
     if not table or not Path(table).is_file():
         return {}
     return clinical_row(table, case_id)
+
+
+def km_plot_png(model_dir: str | Path, group: str | None) -> bytes:
+    """The outcome model's training Kaplan-Meier curves as a PNG, ``group`` highlighted."""
+    import io
+
+    from ..outcome.evaluation import plot_km
+    from ..outcome.train import km_training_curves
+
+    curves = km_training_curves(model_dir)
+    buffer = io.BytesIO()
+    plot_km(curves, buffer, "training cohort", curves.get("time_unit", "days"),
+            highlight=group, size=(4.0, 2.8), dpi=100)
+    return buffer.getvalue()
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -74,20 +90,22 @@ class ResultsWidget(MaskWidget):
         self.stale = Label(value="not computed")
         self.structures = Table(value={"data": [], "columns": list(METRICS)})
         self.filter = LineEdit(label="Filter radiomics", value="")
-        self.radiomics = Table(value={"data": [], "columns": ["feature", "value"]})
+        self.radiomics = RowsTable(["feature", "value"])
         self.copy = PushButton(text="Copy")
         self.export_button = PushButton(text="Export...")
         self.deep = Label(value="")
         self.outcome = Label(value="")
         self.provenance = Label(value="")
-        self.plot = _KaplanMeierPlot()
+        self.plot = QLabel()  # the Kaplan-Meier PNG, drawn by the job (off the GUI thread)
         super().__init__(widgets=[
             self.target, self.clinical, self.outcome_model, self.auto, self.job, self.stale,
-            self.structures, self.filter, self.radiomics,
+            self.structures, self.filter,
             Container(widgets=[self.copy, self.export_button], layout="horizontal", labels=False),
             self.deep, self.outcome, self.provenance,
         ])
-        self.native.layout().addWidget(self.plot.canvas)
+        layout = self.native.layout()
+        layout.insertWidget(layout.indexOf(self.filter.native) + 1, self.radiomics.native)
+        layout.addWidget(self.plot)
         self.features: dict[str, Any] = {}
         self.prediction: dict[str, Any] = {}
         self._timer = QTimer(self.native)  # dies with the widget: no late timeouts
@@ -140,17 +158,22 @@ class ResultsWidget(MaskWidget):
 
         def job():
             features = yield from case_features_iter(case, labels, workers=RADIOMICS_WORKERS)
-            prediction = {}
+            prediction, plot = {}, b""
             if model_dir and Path(model_dir).is_dir():
                 row = clinical_row_or_empty(table, case.case_id)
                 prediction = predict_case({**row, **features}, model_dir)
-            return features, prediction
+                plot = km_plot_png(model_dir, prediction.get("risk_group"))
+            return features, prediction, plot
 
         self.stale.value = "computing..."
         return self.job.start(job, self.display_result)
 
-    def display_result(self, result: tuple[dict, dict]) -> None:
-        self.features, self.prediction = result
+    def display_result(self, result: tuple[dict, dict, bytes]) -> None:
+        """Show a job's result: cheap GUI work only (tables by model/view, plot as a PNG)."""
+        self.features, self.prediction, plot = result
+        pixmap = QPixmap()
+        pixmap.loadFromData(plot, "PNG")
+        self.plot.setPixmap(pixmap)
         self.stale.value = "up to date"
         rows = [[_fmt(self.features.get(f"{s}_{m}")) for m in METRICS] for s in STRUCTURES]
         fill_table(self.structures, rows, list(METRICS), list(STRUCTURES))
@@ -174,9 +197,6 @@ class ResultsWidget(MaskWidget):
             f"Expected RFS {_fmt(rfs, 0)} {unit}"
         )
         self.provenance.value = f"model: {p.get('model')} - {p.get('label')}"
-        from ..outcome.train import km_training_curves
-
-        self.plot.draw(km_training_curves(self.outcome_model.value), p.get("risk_group"))
 
     # --- radiomics table --------------------------------------------------------------------
     def radiomics_rows(self) -> list[tuple[str, float]]:
@@ -187,8 +207,7 @@ class ResultsWidget(MaskWidget):
                 and text in k.lower()]
 
     def _fill_radiomics(self, *_: Any) -> None:
-        rows = [[k, _fmt(v, 4)] for k, v in self.radiomics_rows()[:2000]]
-        fill_table(self.radiomics, rows, ["feature", "value"])
+        self.radiomics.set_rows([(k, _fmt(v, 4)) for k, v in self.radiomics_rows()])
 
     def export(self, path: str | Path) -> Path:
         """Write every computed value and prediction (one row) as CSV, or JSON by suffix."""
@@ -212,34 +231,3 @@ class ResultsWidget(MaskWidget):
 
         text = "\n".join(f"{k}\t{v}" for k, v in self.radiomics_rows())
         QApplication.clipboard().setText(text)
-
-
-class _KaplanMeierPlot:
-    """The outcome model's training Kaplan-Meier curves, the patient's group highlighted."""
-
-    def __init__(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-
-    def draw(self, curves: dict[str, Any], group: str | None) -> None:
-        self.figure.clear()
-        ax = self.figure.add_subplot()
-        for name, colour in (("low", "tab:blue"), ("high", "tab:red")):
-            if name not in curves:
-                continue
-            c = curves[name]
-            ax.step(c["time"], c["survival"], where="post", color=colour,
-                    linewidth=3 if name == group else 1,
-                    label=f"{name} risk (n={c.get('n', '?')})" + (" - this patient" if
-                                                                 name == group else ""))
-        ax.set_xlabel(f"time ({curves.get('time_unit', 'days')})")
-        ax.set_ylabel("recurrence-free")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"training cohort, log-rank p = {curves.get('logrank_p', float('nan')):.3g}",
-                     fontsize=9)
-        ax.legend(fontsize=8)
-        self.canvas.draw_idle()

@@ -27,6 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -385,35 +386,35 @@ def compare_models(folds_table: pd.DataFrame, metric: str, reference: str) -> pd
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_km(groups: dict, path, title: str, unit: str = "days") -> None:
-    """PNG of the low/high risk-group Kaplan-Meier curves."""
-    import matplotlib
+def plot_km(groups: dict, path: Any, title: str, unit: str = "days",
+            highlight: str | None = None, size: tuple[float, float] = (5.5, 4.0),
+            dpi: int = 110) -> None:
+    """PNG (file path or binary file object) of the low/high risk-group Kaplan-Meier curves.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    ``highlight``: the group drawn bold and marked "this patient". Drawn on a plain
+    ``Figure`` (no pyplot state), so a worker thread may call it while a GUI runs.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
+    fig = Figure(figsize=size, dpi=dpi)
+    ax = fig.add_subplot()
     for name, color in (("low", "tab:blue"), ("high", "tab:red")):
         if name in groups:
             g = groups[name]
             t = np.concatenate([[0.0], g["time"]])
             s = np.concatenate([[1.0], g["survival"]])
-            ax.step(
-                t,
-                s,
-                where="post",
-                color=color,
-                label=f"{name} risk (n={g['n']}, events={g['events']})",
-            )
+            label = f"{name} risk (n={g.get('n', '?')}, events={g.get('events', '?')})"
+            ax.step(t, s, where="post", color=color, linewidth=3 if name == highlight else 1.2,
+                    label=label + (" - this patient" if name == highlight else ""))
     p = groups.get("logrank_p")
-    ax.set_title(f"{title}\nlog-rank p = {p:.3g}" if p is not None and not math.isnan(p) else title)
+    ax.set_title(f"{title}\nlog-rank p = {p:.3g}" if p is not None and not math.isnan(p)
+                 else title, fontsize=9)
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("relapse-free survival")
     ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, format="png")
 
 
 def plot_roc(y, prob, path, title: str = "HPV classifier (out-of-fold)") -> None:
