@@ -252,3 +252,15 @@ def test_hot_spot_crops_centre_on_physiological_uptake_not_lesions():
     crops = Compose(transforms).set_random_state(seed=0)(out)
     assert all(float(c["image"][0].max()) >= 3.0 for c in crops)  # centred on uptake
     assert all(float(c["label"].max()) == 0 for c in crops)
+
+
+@pytest.mark.parametrize("name", ["mmpl_demo", "normresse_demo", "mmpl_demo_hardneg",
+                                  "mmpl_paper", "normresse_paper"])
+def test_shipped_segmentation_configs_load(name):
+    """Every shipped stage-1 config parses against the defaults (unknown keys refused)."""
+    cfg = ts.load_config(REPO / "training_scripts" / "configs" / f"{name}.yaml")
+    assert cfg["name"] == name
+    ratios = cfg["augment"]["crop_ratios"]
+    assert len(ratios) in (3, 4)
+    if name == "mmpl_demo_hardneg":
+        assert len(ratios) == 4 and cfg["data"]["val_dataset"] and cfg["data"]["fold"] is None

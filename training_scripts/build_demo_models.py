@@ -4,7 +4,9 @@
     python training_scripts/build_demo_models.py --install
 
 1. writes the synthetic training cohort (``hecktor phantom WORKDIR/train --cases 64
-   --seed 0 --empty 16``), unless it is already there;
+   --seed 0 --empty 16``), unless it is already there, and for a config that names
+   ``data.val_dataset`` (the ``mmpl_demo_hardneg`` experiment) a validation cohort
+   (``--cases 24 --seed 500 --empty 12``);
 2. trains ``configs/mmpl_demo.yaml`` then ``configs/normresse_demo.yaml`` with
    ``train_segmentation.py`` (a run that was stopped is resumed);
 3. writes a fresh test cohort whose seeds training never saw (``hecktor phantom
@@ -39,15 +41,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+#: The bundled models (trained by default).
+BUNDLED = ("mmpl_demo", "normresse_demo")
 CONFIGS = {"mmpl_demo": HERE / "configs" / "mmpl_demo.yaml",
-           "normresse_demo": HERE / "configs" / "normresse_demo.yaml"}
+           "normresse_demo": HERE / "configs" / "normresse_demo.yaml",
+           # experiment, only with --models (docs/training.md): hard-negative crops
+           "mmpl_demo_hardneg": HERE / "configs" / "mmpl_demo_hardneg.yaml"}
 #: Stages 2-3 (HPV and survival heads) on the stage-1 model of that name.
 HEAD_CONFIGS = {"mmpl_demo": HERE / "configs" / "mmpl_outcome_demo.yaml"}
 TRAIN_COHORT = {"n_cases": 64, "seed": 0, "n_empty": 16, "centers": 3}
 TEST_COHORT = {"n_cases": 20, "seed": 1000, "n_empty": 5, "centers": 3}
+#: Validation cohort of the configs that name ``data.val_dataset`` (mmpl_demo): epoch
+#: selection and inference settings, on seeds neither training nor the test cohort use.
+VAL_COHORT = {"n_cases": 24, "seed": 500, "n_empty": 12, "centers": 3}
 
 
 def _bin(name: str) -> str:
@@ -86,6 +96,9 @@ def train(name: str, workdir: Path, nproc: int) -> Path:
     out = workdir / name
     overrides = [f"data.dataset={workdir / 'train'}", f"data.cache_dir={workdir / 'cache'}",
                  f"output.dir={out}"]
+    if (yaml.safe_load(CONFIGS[name].read_text()).get("data") or {}).get("val_dataset"):
+        ensure_cohort(workdir / "val", VAL_COHORT)
+        overrides.append(f"data.val_dataset={workdir / 'val'}")
     model = out / "model" / "model_card.json"
     if model.exists():
         print(f"{name}: already trained ({model.parent})")
@@ -204,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "out" / "demo",
                         help="cohorts, cache, runs and predictions (default out/demo)")
-    parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=list(BUNDLED),
+                        help="default: the bundled models (mmpl_demo normresse_demo)")
     parser.add_argument("--nproc", type=int, default=2,
                         help="torchrun processes per model (default 2: one per core)")
     parser.add_argument("--no-heads", action="store_true",
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             heads = json.loads((model_dir / "model_card.json").read_text())["heads"]
             summary[name]["heads"] = {h: v["metrics"] for h, v in heads.items()}
             print(f"{name}: stages 2-3 in {(time.perf_counter() - t) / 60:.1f} min", flush=True)
-        if args.install:
+        if args.install and name in BUNDLED:
             print(f"installed {install(name, model_dir)}")
     total = (time.perf_counter() - t0) / 60
     print(f"\ncohort + training: {t_train / 60:.1f} min; total {total:.1f} min")

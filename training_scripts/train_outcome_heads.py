@@ -299,7 +299,7 @@ def resolve_split(cfg: dict[str, Any], card: Any) -> dict[str, Any]:
         info = (card.training or {}).get("data") or {}
         same = bool(info.get("dataset")) and (
             Path(info["dataset"]).resolve() == Path(dcfg["dataset"]).resolve())
-        for key in ("clinical_csv", "split", "n_folds", "fold_seed", "fold"):
+        for key in ("clinical_csv", "split", "n_folds", "fold_seed", "fold", "val_dataset"):
             if dcfg.get(key) is None and old.get(key) is not None:
                 dcfg[key] = old[key]
                 inherited.append(key)
