@@ -429,3 +429,14 @@ def test_extractor_bins_each_derived_image_once(monkeypatch):
     assert list(ours) == list(direct)
     assert all(_same(float(ours[k]), float(direct[k])) for k in direct
                if not k.startswith("diagnostics"))
+
+
+def test_a_checked_parameter_file_is_checked_again_once_it_changes(params_file, tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(params_file.read_text())
+    first = load_params(path)
+    first["setting"]["binWidth"] = -1  # the caller's copy: the cache is not touched
+    assert load_params(path) == load_params(params_file)
+    path.write_text(params_file.read_text().replace("featureClass:", "featureClas:"))
+    with pytest.raises(HecktorInputError, match="featureClas"):
+        load_params(path)

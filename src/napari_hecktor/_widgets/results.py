@@ -76,10 +76,12 @@ class ResultsWidget(MaskWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         preload("radiomics.featureextractor", "napari_hecktor.features.table",
                 "napari_hecktor.outcome.train")
-        from ..features.radiomics import warm_pool
+        from ..features.radiomics import warm_up
 
-        # the radiomics worker processes start now, in the background, not in the first job
-        threading.Thread(target=warm_pool, args=(RADIOMICS_WORKERS,), daemon=True).start()
+        # parameters checked, image names found and worker processes started now, in the
+        # background, not in the first job
+        threading.Thread(target=warm_up, kwargs={"workers": RADIOMICS_WORKERS},
+                         daemon=True).start()
         self.viewer = viewer
         self.target = ComboBox(label="Mask", choices=self._mask_choices)
         self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")

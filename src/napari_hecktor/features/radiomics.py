@@ -102,14 +102,35 @@ _NAMES_CACHE: dict[str, list[str]] = {}
 
 
 # ----------------------------------------------------------------------------- parameters
+#: Checked parameter files: (path, mtime, size) -> config (checking costs ~0.1 s).
+_PARAMS_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def load_params(params: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read and check a parameter file (``None``: the shipped defaults); return it as a dict.
 
     Raises :class:`HecktorInputError` naming the file for a missing file, invalid YAML, an
     unknown top-level key, a bad ``modalities`` entry, or settings pyradiomics refuses.
+    A file already checked, unchanged since, is not checked again.
     """
     if params is None:
         params = DEFAULT_PARAMS
+    if not isinstance(params, Mapping):
+        try:
+            stat = Path(params).stat()
+            key = (str(Path(params).resolve()), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = None  # missing or unreadable: _check_params says so
+        if key is not None and key in _PARAMS_CACHE:
+            return copy.deepcopy(_PARAMS_CACHE[key])
+        config = _check_params(params)
+        if key is not None:
+            _PARAMS_CACHE[key] = copy.deepcopy(config)
+        return config
+    return _check_params(params)
+
+
+def _check_params(params: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(params, Mapping):
         source = "the radiomics parameters"
         config = copy.deepcopy(dict(params))
@@ -785,6 +806,20 @@ def warm_pool(workers: int | None = None) -> None:
     pool = _pool(workers)
     for future in [pool.submit(_pause, 0.2) for _ in range(workers)]:
         future.result()
+
+
+def warm_up(params: str | Path | Mapping[str, Any] | None = None,
+            workers: int | None = None) -> None:
+    """What a first extraction would do once per session, done now (e.g. in a thread when a
+    widget opens): the parameters checked, the derived image names found, the workers
+    started. Errors are left for the real extraction to report."""
+    try:
+        config = load_params(params)
+        for modality in MODALITIES:
+            _image_names(pyradiomics_params(config, modality))
+    except HecktorInputError:
+        return
+    warm_pool(workers)
 
 
 def shutdown_pool() -> None:
