@@ -135,9 +135,8 @@ def main() -> int:
     import napari
 
     from napari_hecktor._widgets._common import case_from_viewer
-    from napari_hecktor._widgets.results import km_plot_png
     from napari_hecktor.features.table import case_features
-    from napari_hecktor.outcome.train import predict_case
+    from napari_hecktor.outcome.train import km_training_png, predict_case
     from napari_hecktor.pipeline import segment_case_iter
     from napari_hecktor.progress import run_to_end
 
@@ -179,7 +178,7 @@ def main() -> int:
         prediction, plot = {}, b""
         if Path(model_dir).is_dir():
             prediction = predict_case(dict(features), model_dir)
-            plot = km_plot_png(model_dir, prediction.get("risk_group"))
+            plot = km_training_png(model_dir, prediction.get("risk_group"))
         results.display_result((features, prediction, plot))
 
     p_stall, p_sec = measure_blocking(blocking_segment)

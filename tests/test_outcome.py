@@ -30,6 +30,7 @@ from napari_hecktor.outcome.survival import CoxPH, make_y
 from napari_hecktor.outcome.synthetic import PET_COLUMNS, synthetic_outcome_table
 from napari_hecktor.outcome.train import (
     km_training_curves,
+    km_training_png,
     model_inputs,
     predict_case,
     predict_outcome,
@@ -523,11 +524,13 @@ def test_discrete_expected_time_is_sum_of_survival_times_width(fitted, cohort):
 def test_bundled_demo_models_load_and_predict():
     from napari_hecktor.outcome.demo import DEMO_LABEL, DEMO_MODEL_DIR
 
-    if not (DEMO_MODEL_DIR / "outcome_model.json").exists():
-        pytest.skip("demo models not built")
+    assert (DEMO_MODEL_DIR / "outcome_model.json").exists(), "bundled demo outcome models missing"
     table = pd.read_csv(DEMO_MODEL_DIR / "demo_table.csv", dtype={"PatientID": str})
     pred = predict_outcome(table.head(10), DEMO_MODEL_DIR)
     assert pred.attrs["label"] == DEMO_LABEL
     assert pred["risk_score"].notna().all() and pred["hpv_probability"].between(0, 1).all()
     km = km_training_curves(DEMO_MODEL_DIR)
     assert km["label"] == DEMO_LABEL and "low" in km and "high" in km
+    # the Results widget's plot, drawn off the GUI thread: a PNG, the patient's group bold
+    plain, high = km_training_png(DEMO_MODEL_DIR), km_training_png(DEMO_MODEL_DIR, "high")
+    assert plain.startswith(b"\x89PNG") and high.startswith(b"\x89PNG") and plain != high

@@ -77,7 +77,7 @@ class RowsTable:
                 return None
 
         self.columns = list(columns)
-        self.rows: list[list[Any]] = []
+        self.rows: list[Any] = []
         self.model = _Model()
         self.native = QTableView()
         self.native.setModel(self.model)

@@ -50,20 +50,6 @@ def clinical_row_or_empty(table: str | Path | None, case_id: str) -> dict[str, A
     return clinical_row(table, case_id)
 
 
-def km_plot_png(model_dir: str | Path, group: str | None) -> bytes:
-    """The outcome model's training Kaplan-Meier curves as a PNG, ``group`` highlighted."""
-    import io
-
-    from ..outcome.evaluation import plot_km
-    from ..outcome.train import km_training_curves
-
-    curves = km_training_curves(model_dir)
-    buffer = io.BytesIO()
-    plot_km(curves, buffer, "training cohort", curves.get("time_unit", "days"),
-            highlight=group, size=(4.0, 2.8), dpi=100)
-    return buffer.getvalue()
-
-
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -147,7 +133,7 @@ class ResultsWidget(MaskWidget):
     def run(self, *_: Any) -> Any:
         """Compute features and predictions for the current mask in the background."""
         from ..features.table import case_features_iter
-        from ..outcome.train import predict_case
+        from ..outcome.train import km_training_png, predict_case
 
         if self.job.running:
             self._timer.start()  # try again after the running job
@@ -164,7 +150,7 @@ class ResultsWidget(MaskWidget):
             if model_dir and Path(model_dir).is_dir():
                 row = clinical_row_or_empty(table, case.case_id)
                 prediction = predict_case({**row, **features}, model_dir)
-                plot = km_plot_png(model_dir, prediction.get("risk_group"))
+                plot = km_training_png(model_dir, prediction.get("risk_group"))
             return features, prediction, plot
 
         self.stale.value = "computing..."

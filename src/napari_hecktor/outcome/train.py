@@ -645,3 +645,16 @@ def km_training_curves(model_dir: str | Path, model: str | None = None) -> dict[
                 for k, v in km[g].items()
             }
     return out
+
+
+def km_training_png(model_dir: str | Path, highlight: str | None = None) -> bytes:
+    """:func:`km_training_curves` drawn as a PNG (bytes), the ``highlight`` group in bold.
+
+    Drawn on a plain matplotlib ``Figure``, so a worker thread may call it under a GUI."""
+    import io
+
+    curves = km_training_curves(model_dir)
+    buffer = io.BytesIO()
+    ev.plot_km(curves, buffer, "training cohort", curves.get("time_unit", "days"),
+               highlight=highlight, size=(4.0, 2.8), dpi=100)
+    return buffer.getvalue()
