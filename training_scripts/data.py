@@ -395,9 +395,7 @@ class HotSpotLabeld(_transform_base()):
                 continue
             values = np.where(inside, pet[region], -np.inf).ravel()
             hottest = np.argsort(values)[::-1][: min(self.per_region, int(inside.sum()))]
-            view = crop_label[region].reshape(-1)  # a copy for non-contiguous slices
-            view[hottest] = 3
-            crop_label[region] = view.reshape(inside.shape)
+            crop_label[region][np.unravel_index(hottest, inside.shape)] = 3  # a view
         out = dict(data)
         out["crop_label"] = crop_label[None]
         return out
