@@ -5,8 +5,8 @@
 
 1. writes the synthetic training cohort (``hecktor phantom WORKDIR/train --cases 64
    --seed 0 --empty 16``), unless it is already there, and for a config that names
-   ``data.val_dataset`` (the ``mmpl_demo_hardneg`` experiment) a validation cohort
-   (``--cases 24 --seed 500 --empty 12``);
+   ``data.val_dataset`` (``mmpl_demo``) a validation cohort (``--cases 24 --seed 500
+   --empty 12``);
 2. trains ``configs/mmpl_demo.yaml`` then ``configs/normresse_demo.yaml`` with
    ``train_segmentation.py`` (a run that was stopped is resumed);
 3. writes a fresh test cohort whose seeds training never saw (``hecktor phantom
