@@ -86,8 +86,14 @@ def test_segment_crf_correct_save(viewer_with_case, qtbot, tiny_model, tmp_path)
     worst_stall = beat.stop(until=widget.job.returned_at)
     ct = viewer.layers["SAMPLE-001 CT"]
     pred = viewer.layers["SAMPLE-001 prediction"]
+    # the maps are layers only on demand (each new layer stalls the GUI ~0.2 s)
+    assert "SAMPLE-001 probability" not in viewer.layers
+    widget.maps.value = True
     prob = viewer.layers["SAMPLE-001 probability"]
     unc = viewer.layers["SAMPLE-001 uncertainty"]
+    probabilities = pred.metadata["hecktor"]["probabilities"]
+    np.testing.assert_array_equal(prob.data, probabilities.max(axis=0))
+    np.testing.assert_array_equal(unc.data, pred.metadata["hecktor"]["uncertainty"])
     for layer in (pred, prob, unc):
         assert layer.data.shape == ct.data.shape
         np.testing.assert_allclose(layer.scale, ct.scale)
@@ -105,6 +111,14 @@ def test_segment_crf_correct_save(viewer_with_case, qtbot, tiny_model, tmp_path)
     widget.run()
     qtbot.waitUntil(lambda: not widget.job.running, timeout=120_000)
     assert not np.array_equal(pred.data, first)
+    # the shown maps follow the new run (in the same layers); unticking removes them
+    assert [la.name for la in viewer.layers if "probability" in la.name] == [prob.name]
+    assert pred.metadata["hecktor"]["probabilities"] is not probabilities
+    np.testing.assert_array_equal(prob.data,
+                                  pred.metadata["hecktor"]["probabilities"].max(axis=0))
+    widget.maps.value = False
+    assert "SAMPLE-001 probability" not in viewer.layers
+    assert "SAMPLE-001 uncertainty" not in viewer.layers
     pred.undo()
     np.testing.assert_array_equal(pred.data, first)
 

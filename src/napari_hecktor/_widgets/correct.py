@@ -146,10 +146,10 @@ class CorrectWidget(MaskWidget):
             fill_table(self.table, [], TABLE_COLUMNS)
             return
         case = case_from_viewer(self.viewer)
-        prob_layers = layers_with_role(self.viewer, "probability")
-        unc_layers = layers_with_role(self.viewer, "uncertainty")
-        prob = prob_layers[-1].metadata["hecktor"]["probabilities"] if prob_layers else None
-        unc = np.asarray(unc_layers[-1].data) if unc_layers else None
+        model = [la.metadata["hecktor"] for la in layers_with_role(self.viewer, "prediction")
+                 if "probabilities" in la.metadata["hecktor"]]
+        prob = model[-1]["probabilities"] if model else None
+        unc = model[-1]["uncertainty"] if model else None
         labels = np.asarray(layer.data)
         self.components = score_components(labels, case.geometry, pet=case.pet_array(),
                                            prob=prob, uncertainty=unc)

@@ -9,6 +9,7 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, PushButton, SpinBox
 
 from ..display import labels_layer
+from ..errors import HecktorInputError
 from ..pipeline import refine_case_iter
 from ..segment.crf import CRFParams
 from ._common import JobPanel, case_from_viewer, layer_with_role, preload, set_labels
@@ -50,10 +51,12 @@ class CRFWidget(Container):
 
     def run(self, *_: Any) -> Any:
         case = case_from_viewer(self.viewer)
-        probabilities = layer_with_role(self.viewer, "probability").metadata["hecktor"][
-            "probabilities"
-        ]
-        labels = np.asarray(layer_with_role(self.viewer, "prediction").data)
+        prediction = layer_with_role(self.viewer, "prediction")
+        probabilities = prediction.metadata["hecktor"].get("probabilities")
+        if probabilities is None:
+            raise HecktorInputError(f"{prediction.name} has no model probabilities (it was "
+                                    "not made by Segment here): run Segment first")
+        labels = np.asarray(prediction.data)
         params = self.crf_params()
 
         def job():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, Select
 
 from ..display import labels_layer
@@ -15,11 +16,16 @@ from ..pipeline import DEFAULT_MODEL, segment_case_iter, warm_up
 from ._common import (
     JobPanel,
     case_from_viewer,
+    layers_with_role,
     plugin_setting,
     preload,
+    role_of,
     set_image,
     set_labels,
 )
+
+#: The roles of the on-demand map layers (see :func:`map_layers`).
+MAP_ROLES = ("probability", "uncertainty")
 
 #: Imported when the widget opens so that the worker thread never imports them mid-job.
 HEAVY_MODULES = ("torch", "monai.data.utils", "safetensors.torch",
@@ -30,32 +36,39 @@ if TYPE_CHECKING:
 
 
 def result_layers(case: Case, seg: Any) -> dict[str, tuple]:
-    """Prediction (Labels), probability and uncertainty (Image) layers on the CT geometry."""
+    """The prediction (Labels) layer on the CT geometry.
+
+    Its metadata keeps the GTVp/GTVn probabilities and the uncertainty, which the CRF and
+    Correct widgets read and :func:`map_layers` shows on demand.
+    """
     pred = labels_layer(case, seg.labels, name=f"{case.case_id} prediction", role="prediction")
     pred[1]["metadata"]["hecktor"].update(
         components=[c.as_dict() for c in seg.components],
         models=seg.models,
         device=seg.device,
         settings=seg.settings,
+        probabilities=seg.probabilities,
+        uncertainty=seg.uncertainty,
     )
-    base = {k: v for k, v in pred[1].items() if k in ("scale", "translate", "affine", "units")}
-    meta = pred[1]["metadata"]["hecktor"]
-    prob = (
-        seg.probabilities.max(axis=0),
-        {**base, "name": f"{case.case_id} probability", "colormap": "viridis",
-         "contrast_limits": (0.0, 1.0), "visible": False, "blending": "additive",
-         "metadata": {"hecktor": {**meta, "role": "probability",
-                                  "probabilities": seg.probabilities}}},
-        "image",
-    )
-    unc = (
-        seg.uncertainty,
-        {**base, "name": f"{case.case_id} uncertainty", "colormap": "magma",
-         "contrast_limits": (0.0, 1.0), "visible": False, "blending": "additive",
-         "metadata": {"hecktor": {**meta, "role": "uncertainty"}}},
-        "image",
-    )
-    return {"prediction": pred, "probability": prob, "uncertainty": unc}
+    return {"prediction": pred}
+
+
+def map_layers(case: Case, prediction: Any) -> dict[str, tuple]:
+    """Probability (max of GTVp, GTVn) and uncertainty Image layers of a prediction layer.
+
+    On the case's CT geometry, hidden and additive (they do not cover the CT).
+    """
+    meta = prediction.metadata["hecktor"]
+    base = case.geometry.napari_transform()
+    stem = case.case_id
+
+    def image(data: np.ndarray, what: str, colormap: str) -> tuple:
+        return (data, {**base, "name": f"{stem} {what}", "colormap": colormap,
+                       "contrast_limits": (0.0, 1.0), "visible": False, "blending": "additive",
+                       "metadata": {"hecktor": {**meta, "role": what}}}, "image")
+
+    return {"probability": image(meta["probabilities"].max(axis=0), "probability", "viridis"),
+            "uncertainty": image(meta["uncertainty"], "uncertainty", "magma")}
 
 
 class SegmentWidget(Container):
@@ -78,11 +91,15 @@ class SegmentWidget(Container):
                                         step=0.05)
         self.threshold_n = FloatSpinBox(label="GTVn threshold", value=0.5, min=0.05, max=0.95,
                                         step=0.05)
+        # off by default: each new napari layer costs the GUI thread ~0.2 s to create
+        self.maps = CheckBox(label="Probability and uncertainty maps", value=False)
         self.used = Label(label="Used", value="")
         self.job = JobPanel("Segment")
         super().__init__(widgets=[self.models, self.folder, self.device, self.tta,
-                                  self.threshold_p, self.threshold_n, self.job, self.used])
+                                  self.threshold_p, self.threshold_n, self.maps, self.job,
+                                  self.used])
         self.job.run_button.changed.connect(self.run)
+        self.maps.changed.connect(self.update_maps)
         self.models.changed.connect(self.use_model_thresholds)
         self.folder.changed.connect(self.use_model_thresholds)
         self.use_model_thresholds()
@@ -134,12 +151,25 @@ class SegmentWidget(Container):
 
     def display_result(self, case: Case, seg: Any) -> None:
         """Put a finished segmentation into the viewer (one undo step for the mask)."""
-        layers = result_layers(case, seg)
-        set_image(self.viewer, layers["probability"])
-        set_image(self.viewer, layers["uncertainty"])
-        set_labels(self.viewer, layers["prediction"])
+        set_labels(self.viewer, result_layers(case, seg)["prediction"])
+        self.update_maps()
         flagged = sum(c.likely_false_positive for c in seg.components)
         self.used.value = f"{seg.device}; {', '.join(seg.models)}"
         self.job.status.value = (
             f"{len(seg.components)} lesion(s), {flagged} flagged; {seg.seconds:.1f} s"
         )
+
+    def update_maps(self, *_: Any) -> None:
+        """Show (or update) the latest prediction's probability and uncertainty maps, or
+        remove them when the box is unticked (they are rebuilt from the prediction layer)."""
+        if not self.maps.value:
+            for layer in [la for la in self.viewer.layers if role_of(la) in MAP_ROLES]:
+                self.viewer.layers.remove(layer)
+            return
+        predictions = [la for la in layers_with_role(self.viewer, "prediction")
+                       if "probabilities" in la.metadata["hecktor"]]
+        if not predictions:
+            self.job.status.value = "no model prediction yet: press Segment"
+            return
+        for layer_tuple in map_layers(case_from_viewer(self.viewer), predictions[-1]).values():
+            set_image(self.viewer, layer_tuple)
