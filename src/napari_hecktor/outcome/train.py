@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -179,28 +179,20 @@ def train_outcome_job(
     total_steps = 4
     yield Progress(0, total_steps, "reading the table")
 
+    def patient_folds(rows: pd.DataFrame, strata: np.ndarray) -> list:
+        """Patient-level cross-validation splits of these rows (stratified; by centre)."""
+        return ev.make_folds(len(rows), kind=cv, folds=folds, repeats=repeats, seed=seed,
+                             strata=strata, groups=rows[spec.center] if spec.center else None)
+
     # ------------------------------------------------------------------ survival
     if do_surv:
         rows = train_mask & ~np.isnan(time)
         Xs = df.loc[rows].reset_index(drop=True)
         e_s, t_s = event[rows], time[rows]
-        fl = ev.make_folds(
-            len(Xs),
-            kind=cv,
-            folds=folds,
-            repeats=repeats,
-            seed=seed,
-            strata=e_s,
-            groups=Xs[spec.center] if spec.center else None,
-        )
         names = list(dict.fromkeys(models))
         factories = {n: (lambda n=n: survival_model(n, spec, seed, options)) for n in names}
-        job = ev.cross_validate_survival(factories, Xs, e_s, t_s, fl)
-        for item in job:
-            if isinstance(item, Progress):
-                yield Progress(item.done, item.total, item.message)
-            else:
-                folds_tab, oof = item
+        folds_tab, oof = yield from _last_result(
+            ev.cross_validate_survival(factories, Xs, e_s, t_s, patient_folds(Xs, e_s)))
         summ = ev.summarise(folds_tab, SURV_METRICS)
         # out-of-fold risk groups (each fold split at its own training median)
         km_oof = {}
@@ -284,21 +276,8 @@ def train_outcome_job(
         rows = train_mask & ~np.isnan(labels)
         Xh = df.loc[rows].reset_index(drop=True)
         yh = labels[rows].astype(int)
-        fl = ev.make_folds(
-            len(Xh),
-            kind=cv,
-            folds=folds,
-            repeats=repeats,
-            seed=seed,
-            strata=yh,
-            groups=Xh[spec.center] if spec.center else None,
-        )
-        job = ev.cross_validate_hpv(lambda: hpv_model(spec, seed, options), Xh, yh, fl)
-        for item in job:
-            if isinstance(item, Progress):
-                yield Progress(item.done, item.total, item.message)
-            else:
-                hpv_folds, hpv_oof = item
+        hpv_folds, hpv_oof = yield from _last_result(ev.cross_validate_hpv(
+            lambda: hpv_model(spec, seed, options), Xh, yh, patient_folds(Xh, yh)))
         hsum = ev.summarise(hpv_folds, HPV_METRICS)
         fold_tables.append(hpv_folds)
         summaries.append(hsum)
@@ -392,6 +371,17 @@ def train_outcome_job(
             "test": test_df,
         }
     )
+    return result
+
+
+def _last_result(job: Iterator[Any]) -> Generator[Progress, None, Any]:
+    """Pass a cross-validation job's progress on; return the last item it yields."""
+    result = None
+    for item in job:
+        if isinstance(item, Progress):
+            yield Progress(item.done, item.total, item.message)
+        else:
+            result = item
     return result
 
 
