@@ -264,3 +264,33 @@ def test_shipped_segmentation_configs_load(name):
     assert len(ratios) in (3, 4)
     if name == "mmpl_demo_hardneg":
         assert len(ratios) == 4 and cfg["data"]["val_dataset"] and cfg["data"]["fold"] is None
+
+
+def test_tuning_scores_on_the_scoring_box_equal_the_whole_roi():
+    """Scoring a case on its box gives the whole-ROI counts, for every tuned setting."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    shape = (24, 30, 28)
+    prob = np.stack([ndimage.gaussian_filter(rng.random(shape), 2.0) for _ in range(2)])
+    prob = (prob - prob.min()) / (prob.max() - prob.min())  # smooth blobs, 0..1
+    prob[0, 5:12, 6:14, 6:14] = 0.95  # a GTVp with a hole (filled by post-processing)
+    prob[0, 8, 10, 10] = 0.0
+    prob[1, 0:4, 0:3, 20:28] = 0.85  # a node at the ROI's corner (box clipped there)
+    truth = np.zeros(prob.shape, bool)
+    truth[0, 6:12, 6:13, 7:14] = True
+    truth[1, 0:3, 0:3, 21:28] = True
+    truth[1, 18:21, 24:28, 2:5] = True  # a missed node: only the truth reaches here
+    box = ts.scoring_box(prob, truth, 0.5)
+    for thresholds in ((0.5, 0.5), (0.6, 0.9), (0.9, 0.6)):
+        for min_voxels in (1, 5, 40):
+            whole = ts.score_case("c", prob, truth, thresholds, min_voxels)
+            boxed = ts.score_case("c", prob[(slice(None), *box)],
+                                  truth[(slice(None), *box)], thresholds, min_voxels)
+            assert boxed == whole, (thresholds, min_voxels)
+    one = np.zeros_like(prob)
+    one[0, 10:14, 10:13, 9:12] = 0.8  # a single lesion: a box of it plus one voxel
+    assert ts.scoring_box(one, one > 1, 0.5) == (slice(9, 15), slice(9, 14), slice(8, 13))
+    empty = np.zeros_like(prob)
+    assert ts.score_case("c", empty[(slice(None), *ts.scoring_box(empty, empty > 1, 0.5))],
+                         np.zeros((2, 1, 1, 1), bool), (0.5, 0.5), 5)["components"] == 0

@@ -517,6 +517,25 @@ def score_case(case_id: str, prob: np.ndarray, truth: np.ndarray, thresholds: Se
     }
 
 
+def scoring_box(prob: np.ndarray, truth: np.ndarray, lowest_threshold: float) -> tuple[slice, ...]:
+    """The part of the ROI that :func:`score_case` needs at thresholds >= ``lowest_threshold``.
+
+    The bounding box of every voxel such a threshold can mark and every true lesion voxel,
+    grown by one voxel of background (within the array). Holes, components and lesion
+    matches all lie inside it, so scoring the box gives exactly the whole-ROI figures: the
+    background that reaches past the box reaches the array's border too. Scoring 125
+    settings per case (tuning) on the box instead of the whole ROI is many times faster.
+    """
+    region = (prob.max(axis=0) > lowest_threshold) | truth.any(axis=0)
+    if not region.any():
+        return tuple(slice(0, 1) for _ in region.shape)
+    box = []
+    for axis, size in enumerate(region.shape):
+        hit = np.flatnonzero(region.any(axis=tuple(a for a in range(region.ndim) if a != axis)))
+        box.append(slice(max(0, int(hit[0]) - 1), min(size, int(hit[-1]) + 2)))
+    return tuple(box)
+
+
 def validate_case(net: Any, item: dict[str, Any], vcfg: dict[str, Any], roi_size: Sequence[int],
                   device: Any) -> dict[str, Any]:
     """Whole-ROI prediction of one validation case and its counts (on the ROI grid)."""
@@ -541,11 +560,14 @@ def tune_inference_iter(net: Any, val_ds: Any, cfg: dict[str, Any], roi_size: Se
     combos = [(tp, tn, ml) for tp in tune["thresholds_gtvp"] for tn in tune["thresholds_gtvn"]
               for ml in tune["min_component_ml"]]
     results: list[list[dict[str, Any]]] = [[] for _ in combos]
+    lowest = min(min(tune["thresholds_gtvp"]), min(tune["thresholds_gtvn"]))
     n_items = len(val_ds) if val_ds is not None else 0
     for k in range(n_items):
         item = val_ds[k]
         prob = predict_roi(net, item, cfg["validate"], roi_size, device)
         truth = item["label"].numpy() > 0.5
+        box = (slice(None), *scoring_box(prob, truth, lowest))
+        prob, truth = prob[box], truth[box]
         for i, (tp, tn, ml) in enumerate(combos):
             results[i].append(score_case(item["case_id"], prob, truth, (tp, tn),
                                          max(1, round(ml / roi_voxel_ml))))

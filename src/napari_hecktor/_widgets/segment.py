@@ -53,14 +53,14 @@ def result_layers(case: Case, seg: Any) -> dict[str, tuple]:
     return {"prediction": pred}
 
 
-def map_layers(case: Case, prediction: Any) -> dict[str, tuple]:
+def map_layers(prediction: Any) -> dict[str, tuple]:
     """Probability (max of GTVp, GTVn) and uncertainty Image layers of a prediction layer.
 
-    On the case's CT geometry, hidden and additive (they do not cover the CT).
+    On the prediction's case and CT geometry; hidden and additive (they do not cover the CT).
     """
     meta = prediction.metadata["hecktor"]
-    base = case.geometry.napari_transform()
-    stem = case.case_id
+    base = meta["case"].geometry.napari_transform()
+    stem = meta["case_id"]
 
     def image(data: np.ndarray, what: str, colormap: str) -> tuple:
         return (data, {**base, "name": f"{stem} {what}", "colormap": colormap,
@@ -171,5 +171,5 @@ class SegmentWidget(Container):
         if not predictions:
             self.job.status.value = "no model prediction yet: press Segment"
             return
-        for layer_tuple in map_layers(case_from_viewer(self.viewer), predictions[-1]).values():
+        for layer_tuple in map_layers(predictions[-1]).values():
             set_image(self.viewer, layer_tuple)
