@@ -132,6 +132,21 @@ def test_pyradiomics_params_merge_the_modality_settings(params_file):
     assert DEFAULT_PARAMS.name == "radiomics_params.yaml"
 
 
+def test_parameter_files_checked_from_several_threads_at_once(params_file, tmp_path):
+    """A widget's warm-up thread and its first job may check parameters together:
+    pykwalify's YAML parser is not thread-safe, so the checks must not overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    copies = []
+    for i in range(6):  # distinct, unchecked files: every thread runs pykwalify
+        copies.append(tmp_path / f"params_{i}.yaml")
+        copies[-1].write_text(params_file.read_text())
+    with ThreadPoolExecutor(6) as pool:
+        configs = list(pool.map(load_params, copies))
+    assert all(c == configs[0] for c in configs)
+    assert configs[0] == load_params(params_file)
+
+
 def test_empty_structure_gives_nan_with_the_same_columns(params_file, serial):
     row = radiomics_features(_synthetic_case(gtvn=False), params=params_file, workers=1)
     assert list(row) == list(serial)

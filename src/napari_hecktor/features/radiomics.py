@@ -104,6 +104,9 @@ _NAMES_CACHE: dict[str, list[str]] = {}
 # ----------------------------------------------------------------------------- parameters
 #: Checked parameter files: (path, mtime, size) -> config (checking costs ~0.1 s).
 _PARAMS_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+#: One check at a time: pykwalify's YAML parser (ruamel) is not thread-safe, and a widget's
+#: warm-up thread and its first job may both check the parameters at once.
+_PARAMS_LOCK = threading.Lock()
 
 
 def load_params(params: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -115,7 +118,9 @@ def load_params(params: str | Path | Mapping[str, Any] | None = None) -> dict[st
     """
     if params is None:
         params = DEFAULT_PARAMS
-    if not isinstance(params, Mapping):
+    with _PARAMS_LOCK:
+        if isinstance(params, Mapping):
+            return _check_params(params)
         try:
             stat = Path(params).stat()
             key = (str(Path(params).resolve()), stat.st_mtime_ns, stat.st_size)
@@ -127,7 +132,6 @@ def load_params(params: str | Path | Mapping[str, Any] | None = None) -> dict[st
         if key is not None:
             _PARAMS_CACHE[key] = copy.deepcopy(config)
         return config
-    return _check_params(params)
 
 
 def _check_params(params: str | Path | Mapping[str, Any]) -> dict[str, Any]:
