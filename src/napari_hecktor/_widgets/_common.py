@@ -176,6 +176,14 @@ def layer_with_role(viewer: napari.viewer.Viewer, role: str) -> Any:
     return found[-1]
 
 
+def model_prediction(viewer: napari.viewer.Viewer) -> Any | None:
+    """The topmost prediction layer made by Segment (its metadata holds the model's
+    probabilities and uncertainty), or None."""
+    found = [layer for layer in layers_with_role(viewer, "prediction")
+             if "probabilities" in layer.metadata["hecktor"]]
+    return found[-1] if found else None
+
+
 def case_from_viewer(viewer: napari.viewer.Viewer) -> Case:
     """The case behind the viewer's CT layer (the one the reader loaded)."""
     ct = layer_with_role(viewer, "ct")

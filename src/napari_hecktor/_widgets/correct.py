@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from ..display import labels_layer
 from ..segment import edit
 from ..segment.components import score_components
-from ._common import MaskWidget, case_from_viewer, fill_table, layers_with_role
+from ._common import MaskWidget, case_from_viewer, fill_table, layers_with_role, model_prediction
 
 if TYPE_CHECKING:
     import napari
@@ -146,10 +146,9 @@ class CorrectWidget(MaskWidget):
             fill_table(self.table, [], TABLE_COLUMNS)
             return
         case = case_from_viewer(self.viewer)
-        model = [la.metadata["hecktor"] for la in layers_with_role(self.viewer, "prediction")
-                 if "probabilities" in la.metadata["hecktor"]]
-        prob = model[-1]["probabilities"] if model else None
-        unc = model[-1]["uncertainty"] if model else None
+        model = model_prediction(self.viewer)
+        prob = model.metadata["hecktor"]["probabilities"] if model else None
+        unc = model.metadata["hecktor"]["uncertainty"] if model else None
         labels = np.asarray(layer.data)
         self.components = score_components(labels, case.geometry, pet=case.pet_array(),
                                            prob=prob, uncertainty=unc)

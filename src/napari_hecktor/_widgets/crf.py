@@ -12,7 +12,14 @@ from ..display import labels_layer
 from ..errors import HecktorInputError
 from ..pipeline import refine_case_iter
 from ..segment.crf import CRFParams
-from ._common import JobPanel, case_from_viewer, layer_with_role, preload, set_labels
+from ._common import (
+    JobPanel,
+    case_from_viewer,
+    layer_with_role,
+    model_prediction,
+    preload,
+    set_labels,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -51,11 +58,11 @@ class CRFWidget(Container):
 
     def run(self, *_: Any) -> Any:
         case = case_from_viewer(self.viewer)
-        prediction = layer_with_role(self.viewer, "prediction")
-        probabilities = prediction.metadata["hecktor"].get("probabilities")
-        if probabilities is None:
-            raise HecktorInputError(f"{prediction.name} has no model probabilities (it was "
-                                    "not made by Segment here): run Segment first")
+        prediction = model_prediction(self.viewer)
+        if prediction is None:
+            raise HecktorInputError("no model prediction with its probabilities: run Segment "
+                                    "first")
+        probabilities = prediction.metadata["hecktor"]["probabilities"]
         labels = np.asarray(prediction.data)
         params = self.crf_params()
 

@@ -16,7 +16,7 @@ from ..pipeline import DEFAULT_MODEL, segment_case_iter, warm_up
 from ._common import (
     JobPanel,
     case_from_viewer,
-    layers_with_role,
+    model_prediction,
     plugin_setting,
     preload,
     role_of,
@@ -166,10 +166,9 @@ class SegmentWidget(Container):
             for layer in [la for la in self.viewer.layers if role_of(la) in MAP_ROLES]:
                 self.viewer.layers.remove(layer)
             return
-        predictions = [la for la in layers_with_role(self.viewer, "prediction")
-                       if "probabilities" in la.metadata["hecktor"]]
-        if not predictions:
+        prediction = model_prediction(self.viewer)
+        if prediction is None:
             self.job.status.value = "no model prediction yet: press Segment"
             return
-        for layer_tuple in map_layers(predictions[-1]).values():
+        for layer_tuple in map_layers(prediction).values():
             set_image(self.viewer, layer_tuple)
