@@ -15,7 +15,6 @@ from ..segment.crf import CRFParams
 from ._common import (
     JobPanel,
     case_from_viewer,
-    layer_with_role,
     model_prediction,
     preload,
     set_labels,
@@ -52,6 +51,7 @@ class CRFWidget(Container):
         self.accept.changed.connect(self.accept_result)
         self.revert.changed.connect(self.revert_result)
         self.result = None
+        self.refined = ""  # the prediction layer the last run refined
 
     def crf_params(self) -> CRFParams:
         return CRFParams(**{name: w.value for name, w in self.params.items()})
@@ -64,6 +64,7 @@ class CRFWidget(Container):
                                     "first")
         probabilities = prediction.metadata["hecktor"]["probabilities"]
         labels = np.asarray(prediction.data)
+        self.refined = prediction.name  # Accept writes into this layer, not the topmost one
         params = self.crf_params()
 
         def job():
@@ -88,9 +89,8 @@ class CRFWidget(Container):
         """Write the CRF labels into the prediction (one Ctrl+Z undoes it)."""
         if self.result is None:
             return
-        prediction = layer_with_role(self.viewer, "prediction")
         set_labels(self.viewer, (self.result.labels,
-                                 {"name": prediction.name, "metadata": {}}, "labels"))
+                                 {"name": self.refined, "metadata": {}}, "labels"))
         self._finish("CRF accepted")
 
     def revert_result(self, *_: Any) -> None:
