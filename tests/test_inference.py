@@ -18,6 +18,7 @@ from napari_hecktor.models.registry import TINY_CONFIGS, build_model
 from napari_hecktor.progress import Cancelled, run_to_end
 from napari_hecktor.segment.components import postprocess, score_components
 from napari_hecktor.segment.inference import (
+    auto_batch_size,
     resolve_device,
     segment,
     segment_iter,
@@ -89,6 +90,22 @@ def test_single_window_equals_whole_volume_forward(arch):
     with torch.no_grad():
         whole = torch.sigmoid(model(x))[0]
     torch.testing.assert_close(prob, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_batches_small_windows_with_the_same_probabilities():
+    cpu = torch.device("cpu")
+    assert auto_batch_size(cpu, (40, 40, 40)) == 4
+    assert auto_batch_size(cpu, (96, 96, 80)) == 1  # a whole-ROI window runs alone
+    torch.manual_seed(0)
+    model = build_model("normresse_unet3p", TINY_CONFIGS["normresse_unet3p"]).eval()
+    x = torch.randn(1, 2, 40, 48, 56)
+    windows = len(list(sliding_window_iter(model, x, (16, 16, 16), overlap=0.25)))
+    assert windows > 8
+    batches = list(sliding_window_iter(model, x, (16, 16, 16), overlap=0.25, batch_size=4))
+    assert len(batches) == -(-windows // 4)
+    one = run_to_end(sliding_window_iter(model, x, (16, 16, 16), overlap=0.25, batch_size=1))
+    four = run_to_end(sliding_window_iter(model, x, (16, 16, 16), overlap=0.25, batch_size=4))
+    torch.testing.assert_close(four, one, atol=1e-5, rtol=1e-5)
 
 
 def test_model_folder_round_trip_and_clear_errors(tmp_path):
