@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,16 @@ def preload(*modules: str) -> None:
 
     for name in modules:
         importlib.import_module(name)
+
+
+def start_warm_up(work: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
+    """Run a widget's first-call set-up (``work``) in a background daemon thread, so that
+    the first job does not pay for it; the thread is returned (``is_alive()`` = still
+    warming up). Errors are left for the real job to report."""
+    thread = threading.Thread(target=work, args=args, kwargs=kwargs, daemon=True,
+                              name=f"warm-up {getattr(work, '__module__', '')}")
+    thread.start()
+    return thread
 
 
 def plugin_setting(section: str, key: str, default: Any) -> Any:

@@ -8,7 +8,6 @@ values stale and, with auto-update on, recompute them after a pause.
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,15 @@ from qtpy.QtWidgets import QLabel
 from ..data.clinical import clinical_row
 from ..features.pet_metrics import METRICS
 from ..outcome.demo import DEMO_MODEL_DIR
-from ._common import JobPanel, MaskWidget, RowsTable, case_from_viewer, fill_table, preload
+from ._common import (
+    JobPanel,
+    MaskWidget,
+    RowsTable,
+    case_from_viewer,
+    fill_table,
+    preload,
+    start_warm_up,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -66,8 +73,7 @@ class ResultsWidget(MaskWidget):
 
         # parameters checked, image names found and worker processes started now, in the
         # background, not in the first job
-        threading.Thread(target=warm_up, kwargs={"workers": RADIOMICS_WORKERS},
-                         daemon=True).start()
+        self.warming = start_warm_up(warm_up, workers=RADIOMICS_WORKERS)
         self.viewer = viewer
         self.target = ComboBox(label="Mask", choices=self._mask_choices)
         self.clinical = FileEdit(label="Clinical CSV", mode="r", filter="*.csv", value="")

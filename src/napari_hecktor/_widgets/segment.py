@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from ._common import (
     role_of,
     set_image,
     set_labels,
+    start_warm_up,
 )
 
 #: The roles of the on-demand map layers (see :func:`map_layers`).
@@ -104,8 +104,7 @@ class SegmentWidget(Container):
         self.folder.changed.connect(self.use_model_thresholds)
         self.use_model_thresholds()
         # load the chosen models and set torch up now, in the background, not in the first job
-        threading.Thread(target=warm_up, args=(self.model_names(), self._device()),
-                         daemon=True).start()
+        self.warming = start_warm_up(warm_up, self.model_names(), self._device())
 
     def _device(self) -> str:
         from ..segment.inference import resolve_device
