@@ -16,7 +16,12 @@ from napari_hecktor.io.geometry import Geometry
 from napari_hecktor.models.card import ModelCard, load_model, read_card, save_model
 from napari_hecktor.models.registry import TINY_CONFIGS, build_model
 from napari_hecktor.progress import Cancelled, run_to_end
-from napari_hecktor.segment.components import postprocess, score_components
+from napari_hecktor.segment.components import (
+    CONNECTIVITY_26,
+    fill_and_clean,
+    postprocess,
+    score_components,
+)
 from napari_hecktor.segment.inference import (
     auto_batch_size,
     resolve_device,
@@ -187,6 +192,45 @@ def test_postprocess_tumour_first_fills_holes_and_drops_small_islands():
     assert labels[5, 5, 5] == 1
     assert labels[4, 7, 7] == 1 and labels[4, 12, 12] == 2
     assert labels[10, 17, 17] == 0
+
+
+def _fill_and_clean_whole_array(labels: np.ndarray, min_voxels: int) -> np.ndarray:
+    """The reference: the same steps over the whole array, no bounding box."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    for value in (1, 2):
+        filled = ndimage.binary_fill_holes(out == value)
+        out[filled & (out == 0)] = value
+        components, n = ndimage.label(out == value, structure=CONNECTIVITY_26)
+        sizes = np.bincount(components.ravel(), minlength=n + 1)
+        small = sizes < min_voxels
+        small[0] = False
+        out[small[components]] = 0
+    return out
+
+
+def test_fill_and_clean_in_the_lesion_box_equals_the_whole_array():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        labels = np.zeros((30, 40, 40), np.uint8)
+        # blobs with holes, some touching the array's faces, small islands, label 2 in holes
+        for _ in range(4):
+            z, y, x = rng.integers(0, 30), rng.integers(0, 40), rng.integers(0, 40)
+            r = int(rng.integers(2, 7))
+            value = int(rng.integers(1, 3))
+            labels[max(0, z - r):z + r, max(0, y - r):y + r, max(0, x - r):x + r] = value
+            labels[z, y, x] = 0 if trial % 2 else 3 - value  # a hole, or the other label
+        labels[rng.random(labels.shape) < 0.01] = 2
+        expected = _fill_and_clean_whole_array(labels, min_voxels=5)
+        np.testing.assert_array_equal(fill_and_clean(labels, min_voxels=5), expected)
+    # a hollow shell whose cavity touches the box's edge is filled, one open to the outside not
+    shell = np.zeros((9, 9, 9), np.uint8)
+    shell[1:8, 1:8, 1:8] = 1
+    shell[2:7, 2:7, 2:7] = 0
+    assert fill_and_clean(shell, min_voxels=1)[4, 4, 4] == 1
+    shell[4, 4, 1] = 0  # a tunnel to the outside
+    assert fill_and_clean(shell, min_voxels=1)[4, 4, 4] == 0
 
 
 def test_components_are_scored_and_weak_islands_flagged():

@@ -32,23 +32,37 @@ def compose_labels(prob: np.ndarray, thresholds: tuple[float, float] = (0.5, 0.5
     return labels
 
 
+def lesion_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s voxels, ``pad`` voxels wider (clipped to the array)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad))
+                 for s, n in zip(box, mask.shape, strict=True))
+
+
 def fill_and_clean(labels: np.ndarray, min_voxels: int = 50, fill_holes: bool = True) -> np.ndarray:
-    """Fill 3D holes and drop components smaller than ``min_voxels``, per label (1 then 2)."""
+    """Fill 3D holes and drop components smaller than ``min_voxels``, per label (1 then 2).
+
+    Both work in the label's bounding box plus one voxel: outside it all is background,
+    connected to the image border, so holes and components are the same as over the
+    whole array (a test compares the two), at a fraction of the cost on a CT grid.
+    """
     out = labels.copy()
     for value in (1, 2):
-        mask = out == value
-        if not mask.any():
+        if not (out == value).any():
             continue
+        box = lesion_box(out == value)
+        view = out[box]  # a view: writes land in ``out``
+        mask = view == value
         if fill_holes:
             filled = ndimage.binary_fill_holes(mask)
-            out[filled & (out == 0)] = value
-            mask = out == value
+            view[filled & (view == 0)] = value
+            mask = view == value
         if min_voxels > 1:
             components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
             sizes = np.bincount(components.ravel(), minlength=n + 1)
             small = sizes < min_voxels
             small[0] = False
-            out[small[components]] = 0
+            view[small[components]] = 0
     return out
 
 
