@@ -485,12 +485,14 @@ def predict_roi(net: Any, item: dict[str, Any], vcfg: dict[str, Any], roi_size: 
                 device: Any) -> np.ndarray:
     """Sliding-window sigmoid probabilities (2, z, y, x) of one whole cached ROI."""
     from napari_hecktor.progress import run_to_end
-    from napari_hecktor.segment.inference import sliding_window_iter
+    from napari_hecktor.segment.inference import auto_batch_size, sliding_window_iter
 
     image = item["image"][None].float()
     spatial = tuple(image.shape[2:])
     padded = _pad_to(image, net.size_multiple, roi_size).to(device)
-    prob = run_to_end(sliding_window_iter(net, padded, roi_size, overlap=float(vcfg["overlap"])))
+    batch = auto_batch_size(padded.device, roi_size)  # as the plugin's inference batches
+    prob = run_to_end(sliding_window_iter(net, padded, roi_size, overlap=float(vcfg["overlap"]),
+                                          batch_size=batch))
     return prob[(slice(None), *(slice(0, s) for s in spatial))].float().cpu().numpy()
 
 
