@@ -70,6 +70,7 @@ def viewer_with_case(make_napari_viewer):
 
 def _segment(viewer, qtbot, model, **settings):
     _, widget = viewer.window.add_plugin_dock_widget("napari-hecktor", "Segment")
+    qtbot.waitUntil(lambda: not widget.warming.is_alive(), timeout=120_000)
     widget.models.value = []
     widget.folder.value = str(model)
     for name, value in settings.items():
@@ -199,6 +200,8 @@ def test_results_and_save(viewer_with_case, qtbot, tmp_path, monkeypatch):
 
     _, results = viewer.window.add_plugin_dock_widget("napari-hecktor", "Results")
     results.target.value = truth.name
+    # the widget's background warm-up (parameter check, workers) ends on its own
+    qtbot.waitUntil(lambda: not results.warming.is_alive(), timeout=120_000)
     beat = Heartbeat()
     results.run()
     qtbot.waitUntil(lambda: not results.job.running, timeout=300_000)

@@ -48,11 +48,12 @@ def fill_and_clean(labels: np.ndarray, min_voxels: int = 50, fill_holes: bool = 
     """
     out = labels.copy()
     for value in (1, 2):
-        if not (out == value).any():
+        mask = out == value
+        if not mask.any():
             continue
-        box = lesion_box(out == value)
+        box = lesion_box(mask)
         view = out[box]  # a view: writes land in ``out``
-        mask = view == value
+        mask = mask[box]
         if fill_holes:
             filled = ndimage.binary_fill_holes(mask)
             view[filled & (view == 0)] = value
